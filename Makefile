@@ -1,0 +1,29 @@
+# `make repro` and `make test` are all a fresh machine needs: each creates the
+# virtual environment if there is none, installs the project, then does its job.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+RUN    := PATH="$(BIN):$$PATH"
+
+.PHONY: repro test test-all install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+repro: $(STAMP)
+	$(RUN) dvc repro
+
+test: $(STAMP)
+	$(RUN) python -m pytest
+
+test-all: $(STAMP)
+	$(RUN) python -m pytest -m ""
+
+clean-venv:
+	rm -rf $(VENV)

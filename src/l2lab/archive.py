@@ -1,0 +1,104 @@
+"""Read the CIFAR-10 python archive without trusting it: safe members, restricted pickles."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from l2lab.errors import L2labError
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+
+# The only globals a CIFAR batch pickle refers to: numpy array reconstruction.
+# Both module spellings: numpy 1.x wrote numpy.core, numpy 2 writes numpy._core.
+_ALLOWED_GLOBALS = {
+    (module, name): obj
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy")
+    for name, obj in (("_reconstruct", _reconstruct), ("ndarray", np.ndarray), ("dtype", np.dtype))
+    if module != "numpy" or name != "_reconstruct"
+}
+
+
+class ArchiveError(L2labError):
+    """The archive is corrupt, unsafe, or not in the CIFAR-10 python layout."""
+
+
+class UnsafePickleError(ArchiveError):
+    """A pickle asked for something other than numpy array reconstruction."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Resolves only the allow-listed numpy globals; never imports anything."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(f"refusing to load {module}.{name}") from None
+
+
+def load_pickle(raw: bytes, name: str) -> dict[str, Any]:
+    """Unpickle one batch written by Python 2 (or 3); keys come back as str."""
+    try:
+        # latin1: Python 2 byte strings holding array data must map 1:1 onto bytes.
+        obj = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{name}: {exc}") from None
+    except Exception as exc:  # a corrupt pickle can raise almost anything
+        raise ArchiveError(f"{name}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise ArchiveError(f"{name}: expected a dict, got {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def check_member(member: tarfile.TarInfo) -> None:
+    """Refuse links, special files, absolute paths and paths that climb out."""
+    path = PurePosixPath(member.name)
+    if member.issym() or member.islnk():
+        why = "is a link"
+    elif not (member.isfile() or member.isdir()):
+        why = "is not a regular file or folder"
+    elif path.is_absolute() or member.name.startswith(("/", "\\")) or ":" in path.parts[0]:
+        why = "has an absolute path"
+    elif ".." in path.parts or "\\" in member.name:
+        why = "points outside the target folder"
+    else:
+        return
+    raise ArchiveError(f"refusing unsafe archive member {member.name!r}: it {why}")
+
+
+def read_batches(archive: Path) -> dict[str, bytes]:
+    """Check every member, then return the raw bytes of each CIFAR batch by base name.
+
+    Nothing is written to disk: the batches are read straight from the stream,
+    so a hostile member can never land anywhere.
+    """
+    wanted = {f"{BATCH_DIR}/{name}" for name in (*TRAIN_BATCHES, TEST_BATCH, META)}
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                check_member(member)
+                key = str(PurePosixPath(member.name))
+                if key in wanted and member.isfile():
+                    found[PurePosixPath(key).name] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise ArchiveError(f"{archive}: corrupt or truncated archive ({exc})") from None
+    missing = sorted(name for name in wanted if PurePosixPath(name).name not in found)
+    if missing:
+        raise ArchiveError(f"{archive}: not the CIFAR-10 python layout; missing {', '.join(missing)}")
+    return found

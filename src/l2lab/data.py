@@ -1,0 +1,70 @@
+"""CIFAR batches to arrays, the stratified split, and the split files on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2lab.archive import ArchiveError
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)  # height, width, channels
+PIXELS = 32 * 32 * 3  # values per image in a batch row: 1024 R, 1024 G, 1024 B
+
+
+def batch_arrays(batch: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels (N,) int64 from one unpickled batch."""
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ArchiveError(f"{name}: 'data' must be a uint8 array of shape (N, {PIXELS}), got {got}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        count = len(labels) if isinstance(labels, (list, np.ndarray)) else type(labels).__name__
+        raise ArchiveError(f"{name}: expected {len(data)} labels, got {count}")
+    y = np.asarray(labels)
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise ArchiveError(f"{name}: labels must be integers in 0..{NUM_CLASSES - 1}")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 3, 32, 32) CHW -> (N, 32, 32, 3) HWC
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def class_names(meta: dict[str, Any]) -> list[str]:
+    """The ten label names from batches.meta."""
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, str) for n in names):
+        raise ArchiveError(f"batches.meta: 'label_names' must be a list of {NUM_CLASSES} names")
+    return names
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val), both sorted; val holds val_size items in each class's proportion.
+
+    Per-class quotas are rounded by largest remainder, so they add up to val_size
+    exactly; numpy's seeded generator picks the members (stable across platforms).
+    """
+    if not 0 < val_size < len(labels):
+        raise ValueError(f"val_size must be in 1..{len(labels) - 1} for {len(labels)} images, got {val_size}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * val_size / len(labels)
+    take = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - take), kind="stable")[: val_size - take.sum()]
+    take[extra] += 1
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)])
+    val.sort()
+    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
+    return train, val
+
+
+def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """Write x and y uncompressed: loading is a plain read, no inflate."""
+    with path.open("wb") as f:
+        np.savez(f, x=x, y=y)
+
+
+def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, 32, 32, 3) uint8 and y (N,) int64 from a split file."""
+    with np.load(path, allow_pickle=False) as f:
+        return f["x"], f["y"]

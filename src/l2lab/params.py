@@ -1,0 +1,109 @@
+"""Typed, validated view of params.yaml: the project's public interface."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from ruamel.yaml import YAML, YAMLError
+
+from l2lab.errors import L2labError
+
+TRAIN_IMAGES = 50_000  # images in the five official training batches
+
+URL_SCHEMES = ("http", "https", "file")
+
+
+class ParamsError(L2labError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+def _check_url(url: str) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    # A bare local path has no scheme; "C:\\x" would parse as scheme "c", so keep it to one letter.
+    if scheme and len(scheme) > 1 and scheme not in URL_SCHEMES:
+        raise ValueError(f"scheme {scheme!r} is not allowed; use http, https, file or a local path")
+    if not url.strip():
+        raise ValueError("must not be empty")
+    return url
+
+
+def _check_sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError("must be 64 hex digits (a sha256 checksum)")
+    return value.lower()
+
+
+class _Section(BaseModel):
+    # No defaults: params.yaml is the one source of every value, so a missing key is an error.
+    # strict: no silent "1" -> 1 or true -> 1.0 coercion; frozen: params are read-only.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class DataParams(_Section):
+    url: Annotated[str, AfterValidator(_check_url)]
+    sha256: Annotated[str, AfterValidator(_check_sha256)]
+    val_size: int = Field(ge=1, le=TRAIN_IMAGES - 1)  # images held out of training
+
+
+class TrainParams(_Section):
+    l2: float = Field(ge=0.0)  # lambda in loss = CE + l2 * sum(W**2), kernels only
+    l1: float = Field(ge=0.0)  # lambda in loss = CE + l1 * sum(|W|), kernels only
+    weight_decay: float = Field(ge=0.0, lt=1.0)  # decoupled (AdamW) decay per step, times lr
+    learning_rate: float = Field(gt=0.0, le=10.0)  # Adam step size
+    batch_size: int = Field(ge=1, le=65_536)  # images per step
+    epochs: int = Field(ge=1, le=10_000)
+
+
+class Params(_Section):
+    seed: int = Field(ge=0, le=2**31 - 1)
+    data: DataParams
+    train: TrainParams
+
+    def flat(self) -> dict[str, Any]:
+        """Every value under its dotted params.yaml name, e.g. {"train.l2": 0.001}."""
+        return _flatten(self.model_dump())
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: missing key"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping; raise ParamsError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml (YAML 1.2, as DVC reads it: 1e-5 is a float)."""
+    path = Path(path)
+    try:
+        raw = YAML(typ="safe").load(path.read_text())
+    except (OSError, YAMLError) as exc:
+        raise ParamsError(f"{path}: cannot read params: {exc}".replace("\n", " ")) from None
+    return parse_params(raw if raw is not None else {}, str(path))

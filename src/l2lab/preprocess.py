@@ -1,0 +1,63 @@
+"""Archive -> train/val/test split files and a summary of what went where."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2lab.archive import META, TEST_BATCH, TRAIN_BATCHES, load_pickle, read_batches
+from l2lab.data import batch_arrays, class_names, save_split, stratified_split
+from l2lab.download import file_sha256
+from l2lab.errors import L2labError
+from l2lab.files import atomic_outputs, write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def load_cifar(archive: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """({"train": (x, y), "test": (x, y)}, class names) from the archive; train holds all 5 batches."""
+    raw = read_batches(archive)
+    names = class_names(load_pickle(raw.pop(META), META))
+    parts = [batch_arrays(load_pickle(raw.pop(name), name), name) for name in TRAIN_BATCHES]
+    x_train = np.concatenate([x for x, _ in parts])  # (50000, 32, 32, 3) uint8 for the full set
+    y_train = np.concatenate([y for _, y in parts])
+    del parts
+    test = batch_arrays(load_pickle(raw.pop(TEST_BATCH), TEST_BATCH), TEST_BATCH)
+    return {"train": (x_train, y_train), "test": test}, names
+
+
+def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, seed: int) -> dict[str, Any]:
+    """Write {train,val,test}.npz under out_dir and the summary; return the summary."""
+    sets, names = load_cifar(archive)
+    x, y = sets.pop("train")
+    if not val_size < len(y):
+        raise L2labError(f"data.val_size: {val_size} leaves no training images ({len(y)} in the archive)")
+    train_idx, val_idx = stratified_split(y, val_size, seed)
+    sets["train"] = (x[train_idx], y[train_idx])
+    sets["val"] = (x[val_idx], y[val_idx])
+    del x
+    paths = [out_dir / f"{split}.npz" for split in SPLITS]
+    with atomic_outputs(*paths) as temps:
+        for split, tmp in zip(SPLITS, temps):
+            save_split(tmp, *sets[split])
+    summary = summarize(sets, names, file_sha256(archive))
+    write_json(summary_path, summary)
+    for split in SPLITS:
+        log.info("%s: %d images", split, summary[split]["total"])
+    return summary
+
+
+def summarize(sets: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], sha256: str) -> dict[str, Any]:
+    """Counts per class per split, and the source archive's checksum."""
+    summary: dict[str, Any] = {"source_sha256": sha256}
+    for split in SPLITS:
+        labels = sets[split][1]
+        counts = np.bincount(labels, minlength=len(names))
+        summary[split] = {"total": int(len(labels)), **{n: int(c) for n, c in zip(names, counts)}}
+    summary["classes"] = names
+    return summary

@@ -1,0 +1,86 @@
+"""A loopback HTTP server for download tests: serves bytes, and misbehaves on request."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Route:
+    body: bytes = b""
+    status: int = 200
+    ranges: bool = True  # honour "Range: bytes=N-"
+    drop_after: int | None = None  # close the connection after this many body bytes...
+    drops: int = 0  # ...this many times
+    stall: float = 0.0  # seconds to sit silent before answering
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+
+class LoopbackServer:
+    """ThreadingHTTPServer on 127.0.0.1 with a route table; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False  # stalled handlers must not hold up shutdown
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+    def add(self, path: str, route: Route) -> str:
+        self.routes[path] = route
+        return self.url(path)
+
+    def __enter__(self) -> "LoopbackServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                route = routes.get(self.path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                route.requests.append(dict(self.headers))
+                if route.stall:
+                    time.sleep(route.stall)
+                    return
+                if route.status != 200:
+                    self.send_error(route.status)
+                    return
+                start = 0
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                if match and route.ranges:
+                    start = int(match.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(route.body) - 1}/{len(route.body)}")
+                else:
+                    self.send_response(200)
+                body = route.body[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if route.drop_after is not None and route.drops > 0:
+                    route.drops -= 1
+                    self.wfile.write(body[: route.drop_after])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        return Handler

@@ -1,0 +1,59 @@
+"""A throwaway copy of this repository to run real DVC in, and helpers to drive it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parents[1]
+GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The test process's environment with this venv first on PATH and no analytics."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"
+    return base | GIT_ID | {"PATH": path, "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"} | extra
+
+
+def run(cwd: Path, *args: str, check: bool = True, timeout: float = 900, **extra: str) -> subprocess.CompletedProcess:
+    """Run a command in cwd; on an unexpected exit status show everything it printed."""
+    proc = subprocess.run(args, cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def clone_project(dest: Path) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files (the working tree as CI sees it) into a new git repo."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    run(dest, "git", "init", "-q", "-b", "main")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-q", "-m", "copy of l2lab for a test")
+    return dest
+
+
+def set_params(project: Path, **values: object) -> None:
+    """Set dotted params (train__l2=0.1 means train.l2) in project's params.yaml, keeping comments."""
+    yaml = YAML()
+    path = project / "params.yaml"
+    doc = yaml.load(path)
+    for dotted, value in values.items():
+        *sections, last = dotted.split("__")
+        node = doc
+        for section in sections:
+            node = node[section]
+        node[last] = value
+    with path.open("w") as f:
+        yaml.dump(doc, f)

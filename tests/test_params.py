@@ -1,0 +1,91 @@
+"""params.yaml validation: every bad value is one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from l2lab.params import Params, ParamsError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return load_params(REPO / "params.yaml").model_dump()
+
+
+def test_repo_params_load_and_flatten(raw: dict) -> None:
+    flat = parse_params(raw).flat()
+    assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000 and flat["seed"] == 42
+    assert set(flat) == {"seed", "data.url", "data.sha256", "data.val_size", "train.l2", "train.l1",
+                         "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs"}
+
+
+def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
+    text = (REPO / "params.yaml").read_text().replace("l2: 0.001", "l2: 1e-05")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.l2 == 1e-05
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.l2", -0.1, "train.l2: Input should be greater than or equal to 0 (got -0.1)"),
+        ("train.l2", "abc", "train.l2: Input should be a valid number (got 'abc')"),
+        ("train.l2", True, "train.l2: Input should be a valid number (got True)"),
+        ("train.l2", float("nan"), "train.l2: Input should be a finite number (got nan)"),
+        ("train.l1", -1, "train.l1: Input should be greater than or equal to 0"),
+        ("train.weight_decay", -1e-4, "train.weight_decay: Input should be greater than or equal to 0"),
+        ("train.epochs", 0, "train.epochs: Input should be greater than or equal to 1 (got 0)"),
+        ("train.epochs", 2.5, "train.epochs: Input should be a valid integer (got 2.5)"),
+        ("train.batch_size", 0, "train.batch_size: Input should be greater than or equal to 1"),
+        ("train.batch_size", -64, "train.batch_size: Input should be greater than or equal to 1"),
+        ("train.learning_rate", 0, "train.learning_rate: Input should be greater than 0"),
+        ("data.val_size", 0, "data.val_size: Input should be greater than or equal to 1 (got 0)"),
+        ("data.val_size", 50_000, "data.val_size: Input should be less than or equal to 49999 (got 50000)"),
+        ("data.url", "ftp://example.org/x.tgz", "data.url: scheme 'ftp' is not allowed"),
+        ("data.url", "", "data.url: must not be empty"),
+        ("data.sha256", "abc123", "data.sha256: must be 64 hex digits"),
+        ("data.sha256", "g" * 64, "data.sha256: must be 64 hex digits"),
+        ("seed", "42", "seed: Input should be a valid integer (got '42')"),
+        ("train.momentum", 0.9, "train.momentum: unknown key"),
+        ("extra", 1, "extra: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(raw: dict, key: str, value: object, message: str) -> None:
+    bad = copy.deepcopy(raw)
+    *sections, last = key.split(".")
+    node = bad
+    for section in sections:
+        node = node[section]
+    node[last] = value
+    with pytest.raises(ParamsError) as info:
+        parse_params(bad)
+    text = str(info.value)
+    assert text.startswith(f"params.yaml: {message}") and "\n" not in text
+
+
+def test_missing_key_is_named(raw: dict) -> None:
+    bad = copy.deepcopy(raw)
+    del bad["train"]["epochs"]
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.epochs: missing key$"):
+        parse_params(bad)
+
+
+def test_unreadable_or_malformed_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="cannot read params"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "p.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="cannot read params") as info:
+        load_params(tmp_path / "p.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_params_are_frozen(raw: dict) -> None:
+    params = parse_params(raw)
+    with pytest.raises(Exception):
+        params.train.l2 = 1.0  # type: ignore[misc]
+    assert isinstance(params, Params)
