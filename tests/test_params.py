@@ -50,6 +50,7 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("data.url", "", "data.url: must not be empty"),
         ("data.sha256", "abc123", "data.sha256: must be 64 hex digits"),
         ("data.sha256", "g" * 64, "data.sha256: must be 64 hex digits"),
+        ("data.sha256", 0, "data.sha256: must be a string of 64 hex digits; quote it in params.yaml (got 0)"),
         ("seed", "42", "seed: Input should be a valid integer (got '42')"),
         ("train.momentum", 0.9, "train.momentum: unknown key"),
         ("extra", 1, "extra: unknown key"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML, YAMLError
 
 from l2lab.errors import L2labError
@@ -31,7 +31,9 @@ def _check_url(url: str) -> str:
     return url
 
 
-def _check_sha256(value: str) -> str:
+def _check_sha256(value: object) -> str:
+    if not isinstance(value, str):  # YAML reads an all-digit checksum as a number, losing leading zeros
+        raise ValueError("must be a string of 64 hex digits; quote it in params.yaml")
     if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
         raise ValueError("must be 64 hex digits (a sha256 checksum)")
     return value.lower()
@@ -45,7 +47,7 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     url: Annotated[str, AfterValidator(_check_url)]
-    sha256: Annotated[str, AfterValidator(_check_sha256)]
+    sha256: Annotated[str, BeforeValidator(_check_sha256)]
     val_size: int = Field(ge=1, le=TRAIN_IMAGES - 1)  # images held out of training
 
 

@@ -13,27 +13,32 @@ from l2lab.data import batch_arrays, class_names, save_split, stratified_split
 from l2lab.download import file_sha256
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs, write_json
+from l2lab.synthetic import SYNTHETIC_MARK
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
-def load_cifar(archive: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    """({"train": (x, y), "test": (x, y)}, class names) from the archive; train holds all 5 batches."""
+def load_cifar(archive: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], bool]:
+    """({"train": (x, y), "test": (x, y)}, class names, synthetic?) from the archive.
+
+    "train" holds all five training batches; "synthetic" is true for l2lab's demo archives.
+    """
     raw = read_batches(archive)
-    names = class_names(load_pickle(raw.pop(META), META))
+    meta = load_pickle(raw.pop(META), META)
+    names = class_names(meta)
     parts = [batch_arrays(load_pickle(raw.pop(name), name), name) for name in TRAIN_BATCHES]
     x_train = np.concatenate([x for x, _ in parts])  # (50000, 32, 32, 3) uint8 for the full set
     y_train = np.concatenate([y for _, y in parts])
     del parts
     test = batch_arrays(load_pickle(raw.pop(TEST_BATCH), TEST_BATCH), TEST_BATCH)
-    return {"train": (x_train, y_train), "test": test}, names
+    return {"train": (x_train, y_train), "test": test}, names, meta.get("l2lab_note") == SYNTHETIC_MARK
 
 
 def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, seed: int) -> dict[str, Any]:
     """Write {train,val,test}.npz under out_dir and the summary; return the summary."""
-    sets, names = load_cifar(archive)
+    sets, names, synthetic = load_cifar(archive)
     x, y = sets.pop("train")
     if not val_size < len(y):
         raise L2labError(f"data.val_size: {val_size} leaves no training images ({len(y)} in the archive)")
@@ -46,6 +51,8 @@ def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, 
         for split, tmp in zip(SPLITS, temps):
             save_split(tmp, *sets[split])
     summary = summarize(sets, names, file_sha256(archive))
+    summary["dataset"] = "synthetic demo data (not CIFAR-10)" if synthetic else "cifar-10"
+    summary["synthetic"] = synthetic
     write_json(summary_path, summary)
     for split in SPLITS:
         log.info("%s: %d images", split, summary[split]["total"])

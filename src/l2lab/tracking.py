@@ -1,0 +1,152 @@
+"""Every MLflow call of the project: where runs go, what they hold, how they end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import numpy as np
+from mlflow.entities import RunStatus
+
+from l2lab.params import Params
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "cifar10-l2"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The main repository: DVC_ROOT (or cwd), lifted out of a queued experiment's temp copy.
+
+    `dvc exp run --queue/--temp` runs stages in <repo>/.dvc/tmp/exps/<tmp>/, so the
+    database the user browses lives above that copy's ".dvc" folder.
+    """
+    path = (start or Path(os.environ.get("DVC_ROOT") or Path.cwd())).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else the repo's sqlite:///<root>/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DB_NAME}"
+
+
+def setup(root: Path | None = None) -> str:
+    """Point MLflow at the tracking store and make sure the experiment exists; return its id."""
+    root = root or repo_root()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=(root / ARTIFACTS_DIR).as_uri())
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel run
+        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def _git_commit(cwd: Path) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def run_tags(data_summary: dict[str, Any]) -> dict[str, str]:
+    """Tags that say where a run came from: code, experiment, data, library versions."""
+    import keras
+    import tensorflow as tf
+
+    tags = {
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "data.sha256": data_summary.get("source_sha256", ""),
+        "data.dataset": data_summary.get("dataset", ""),
+        "tensorflow.version": tf.__version__,
+        "keras.version": keras.__version__,
+    }
+    commit = _git_commit(Path.cwd())
+    if commit:
+        tags["git.commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return {k: v for k, v in tags.items() if v}
+
+
+@contextmanager
+def _ending(run_id: str) -> Iterator[None]:
+    """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other error."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    log.info("MLflow run %s finished", run_id)
+
+
+@contextmanager
+def training_run(params: Params, data_summary: dict[str, Any]) -> Iterator[str]:
+    """Start the pipeline's run (named after the DVC experiment), log params and tags; yield its id."""
+    experiment_id = setup()
+    name = os.environ.get("DVC_EXP_NAME") or None
+    if data_summary.get("synthetic"):
+        name = f"demo-{name}" if name else "demo-synthetic-data"
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=run_tags(data_summary))
+    run_id = run.info.run_id
+    log.info("MLflow run %s (%s) in %s", run_id, run.info.run_name, mlflow.get_tracking_uri())
+    with _ending(run_id):
+        mlflow.log_params(params.flat())
+        yield run_id
+
+
+@contextmanager
+def resumed_run(run_id: str) -> Iterator[str]:
+    """Reopen the training stage's run so evaluation lands beside it."""
+    setup()
+    mlflow.start_run(run_id=run_id)
+    with _ending(run_id):
+        yield run_id
+
+
+def log_epoch(step: int, metrics: dict[str, float]) -> None:
+    """One epoch's metrics, step = epoch number (1-based)."""
+    mlflow.log_metrics(metrics, step=step)
+
+
+def log_final(metrics: dict[str, float]) -> None:
+    """End-of-run scalar metrics."""
+    mlflow.log_metrics(metrics)
+
+
+def log_model(model: Any, model_file: Path, example: np.ndarray) -> None:
+    """The model as an MLflow model at artifact path "model" (pyfunc-loadable), plus its files."""
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    mlflow.tensorflow.log_model(model, name="model", signature=signature)
+    mlflow.log_artifact(str(model_file), artifact_path="weights")
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.weights.h5"
+        model.save_weights(weights)
+        mlflow.log_artifact(str(weights), artifact_path="weights")
+
+
+def log_figure(figure: Any, name: str) -> None:
+    """A matplotlib figure as a PNG artifact."""
+    mlflow.log_figure(figure, name)
+
+
+def log_dict(data: dict[str, Any], name: str) -> None:
+    """A JSON artifact."""
+    mlflow.log_dict(data, name)
