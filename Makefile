@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test test-all install clean-venv
+.PHONY: repro test test-all demo ui install clean-venv
 
 install: $(STAMP)
 
@@ -24,6 +24,14 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(RUN) python -m pytest -m ""
+
+demo: $(STAMP)
+	$(RUN) python -m l2lab.demo
+
+# The MLflow UI for this repo's runs, on loopback only (see README to expose it safely).
+UI_PORT ?= 5000
+ui: $(STAMP)
+	$(RUN) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(UI_PORT)
 
 clean-venv:
 	rm -rf $(VENV)

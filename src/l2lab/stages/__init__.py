@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -27,3 +28,8 @@ def run_stage(body: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         log.error("error: interrupted")
         sys.exit(130)
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up chatter out of the one-line-per-epoch log."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

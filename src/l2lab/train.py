@@ -1,0 +1,105 @@
+"""Train the CNN on the train split, validating on the val split every epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2lab.errors import L2labError
+from l2lab.model import compile_model
+from l2lab.norms import kernels, l1_penalty, l2_penalty, weight_norms
+from l2lab.params import Params, TrainParams
+
+log = logging.getLogger(__name__)
+
+EpochSink = Callable[[int, dict[str, float]], None]  # (epoch, metrics) -> None
+
+
+class DivergedError(L2labError):
+    """The loss became NaN or infinite."""
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow, and ask TensorFlow for deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None) -> tf.data.Dataset:
+    """Batches of (uint8 images, int labels); reshuffled every epoch when seed is given."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))  # (N, 32, 32, 3) uint8, (N,) int64
+    if seed is not None:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Adds penalties, kernel norms and timing to each epoch's logs, logs one line, calls sink."""
+
+    def __init__(self, train: TrainParams, sink: EpochSink) -> None:
+        super().__init__()
+        self.train, self.sink = train, sink
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = epoch_metrics(self.model, self.train, logs or {})
+        metrics["epoch_seconds"] = time.perf_counter() - self.started
+        step = epoch + 1
+        log.info(
+            "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f weight_norm %.3f (%.1f s)",
+            step, self.train.epochs, metrics["loss"], metrics["accuracy"], metrics["val_loss"],
+            metrics["val_accuracy"], metrics["weight_norm.total"], metrics["epoch_seconds"],
+        )
+        if not math.isfinite(metrics["loss"]):
+            raise DivergedError(
+                f"training diverged at epoch {step}: loss is {metrics['loss']}; "
+                "lower train.learning_rate or the penalty (train.l2, train.l1)"
+            )
+        self.sink(step, metrics)
+
+
+def epoch_metrics(model: keras.Model, train: TrainParams, logs: dict) -> dict[str, float]:
+    """Keras's epoch logs plus the penalty terms and per-layer kernel norms."""
+    ks = kernels(model)
+    metrics = {k: float(v) for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    metrics["l2_penalty"] = l2_penalty(ks, train.l2)
+    if train.l1:
+        metrics["l1_penalty"] = l1_penalty(ks, train.l1)
+    metrics.update({f"weight_norm.{name}": v for name, v in weight_norms(ks).items()})
+    return metrics
+
+
+def fit(
+    params: Params,
+    train_xy: tuple[np.ndarray, np.ndarray],
+    val_xy: tuple[np.ndarray, np.ndarray],
+    sink: EpochSink,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train a fresh model; return it and its per-epoch history (what sink was given)."""
+    make_deterministic(params.seed)
+    model = compile_model(params.train, params.seed)
+    history: dict[str, list[float]] = {}
+
+    def record(step: int, metrics: dict[str, float]) -> None:
+        for key, value in {"epoch": step, **metrics}.items():
+            history.setdefault(key, []).append(value)
+        sink(step, metrics)
+
+    model.fit(
+        dataset(*train_xy, params.train.batch_size, seed=params.seed),
+        validation_data=dataset(*val_xy, batch_size=1024, seed=None),
+        epochs=params.train.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), EpochReport(params.train, record)],
+        shuffle=False,  # the dataset reshuffles itself, seeded
+        verbose=0,
+    )
+    return model, history

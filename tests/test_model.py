@@ -1,0 +1,68 @@
+"""The CNN: pinned shapes and parameter count, and the penalty it adds to the loss."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from l2lab.model import PARAM_COUNT, build_model, build_optimizer, kernel_regularizer
+from l2lab.norms import kernels, l1_penalty, l2_penalty
+from l2lab.params import TrainParams
+
+TRAIN = dict(l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=1)
+
+
+def test_architecture_and_parameter_count() -> None:
+    model = build_model(l1=0.0, l2=0.001, seed=0)
+    assert model.count_params() == PARAM_COUNT == 315_722
+    assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 32, 32, 3)
+    shapes = {layer.name: tuple(layer.output.shape) for layer in model.layers}
+    assert shapes["conv1"] == (None, 30, 30, 32) and shapes["pool1"] == (None, 15, 15, 32)
+    assert shapes["conv2"] == (None, 13, 13, 64) and shapes["pool2"] == (None, 6, 6, 64)
+    assert shapes["flatten"] == (None, 2304) and shapes["dense1"] == (None, 128)
+    assert shapes["dense2"] == (None, 10)
+
+
+def test_raw_uint8_images_give_probabilities() -> None:
+    model = build_model(l1=0.0, l2=0.0, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    probs = np.asarray(model(x))
+    assert probs.shape == (4, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("l1", "l2"), [(0.0, 0.001), (0.0005, 0.0), (0.0002, 0.003)])
+def test_penalty_is_lambda_times_kernel_sums_biases_excluded(l1: float, l2: float) -> None:
+    model = build_model(l1=l1, l2=l2, seed=1)
+    for layer in model.layers:  # give the biases weight: they must still not count
+        if hasattr(layer, "bias") and layer.bias is not None:
+            layer.bias.assign(np.full(layer.bias.shape, 3.0, dtype=np.float32))
+    ks = kernels(model)
+    assert sorted(ks) == ["conv1", "conv2", "dense1", "dense2"]
+    expected = l2 * sum(np.sum(k**2) for k in ks.values()) + l1 * sum(np.sum(np.abs(k)) for k in ks.values())
+    keras_penalty = float(sum(float(loss) for loss in model.losses))
+    assert keras_penalty == pytest.approx(expected, rel=1e-5)
+    assert l2_penalty(ks, l2) + l1_penalty(ks, l1) == pytest.approx(expected, rel=1e-12)
+
+
+def test_no_regularizer_when_both_lambdas_are_zero() -> None:
+    assert kernel_regularizer(0.0, 0.0) is None
+    assert build_model(l1=0.0, l2=0.0, seed=0).losses == []
+
+
+def test_same_seed_same_initial_weights() -> None:
+    a, b = build_model(0.0, 0.001, seed=5), build_model(0.0, 0.001, seed=5)
+    c = build_model(0.0, 0.001, seed=6)
+    assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+
+
+def test_weight_decay_uses_adamw_and_spares_biases() -> None:
+    assert type(build_optimizer(TrainParams(**TRAIN))) is keras.optimizers.Adam
+    decayed = build_optimizer(TrainParams(**{**TRAIN, "weight_decay": 0.01}))
+    assert isinstance(decayed, keras.optimizers.AdamW) and decayed.weight_decay == pytest.approx(0.01)
+    model = build_model(0.0, 0.0, seed=0)
+    decayed.build(model.trainable_variables)
+    spared = {v.path for v in model.trainable_variables if not decayed._use_weight_decay(v)}
+    assert spared and all(path.endswith("bias") for path in spared)
