@@ -39,7 +39,7 @@ def test_repro_downloads_preprocesses_and_then_does_nothing(
 
     second = run(project, "dvc", "repro", "preprocess")
     assert "Running stage" not in second.stdout
-    assert "up to date" in run(project, "dvc", "status").stdout
+    assert "up to date" in run(project, "dvc", "status", "preprocess").stdout
     shown = run(project, "dvc", "metrics", "show").stdout
     assert "reports/data.json" in shown and "val.total" in shown
 
