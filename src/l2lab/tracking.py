@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "cifar10-l2"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+LOCK_NAME = ".mlflow.db.lock"
 DEMO_NOTE = (
     "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
     "archive format, so the whole pipeline can run offline. Its accuracy says nothing about CIFAR-10."
@@ -46,17 +48,32 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DB_NAME}"
 
 
+@contextmanager
+def _first_use_lock(root: Path) -> Iterator[None]:
+    """Serialise the first touch of the store across processes.
+
+    Two queued experiments opening a fresh SQLite database at once both run MLflow's
+    schema migration and one fails (or leaves alembic's temporary tables behind).
+    An exclusive lock on a file beside the database makes creation happen once.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_NAME).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def setup(root: Path | None = None) -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; return its id."""
     root = root or repo_root()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
+    with _first_use_lock(root):
+        mlflow.set_tracking_uri(tracking_uri(root))
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)  # creates and migrates the database
+        if experiment is not None:
+            return experiment.experiment_id
         return mlflow.create_experiment(EXPERIMENT, artifact_location=(root / ARTIFACTS_DIR).as_uri())
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel run
-        return mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def _git_commit(cwd: Path) -> str | None:
