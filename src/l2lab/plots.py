@@ -12,11 +12,7 @@ from l2lab.files import atomic_outputs
 
 def confusion_figure(confusion: np.ndarray, classes: list[str]):
     """A matplotlib heat map of the confusion matrix, counts in the cells (rows = true class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -49,3 +45,61 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
 def write_confusion_pairs(path: Path, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> None:
     """One (actual, predicted) row per test image: the input of DVC's confusion template."""
     write_rows(path, ["actual", "predicted"], [[classes[t], classes[p]] for t, p in zip(y_true, y_pred)])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _lambda_axis(ax, values) -> None:
+    """Log scale that still shows lambda = 0: linear below the smallest non-zero value."""
+    positive = [v for v in values if v > 0]
+    if positive and min(positive) > 0:
+        ax.set_xscale("symlog", linthresh=min(positive))
+
+
+def sweep_figures(table, axis: str, curves: dict[str, list[float]]) -> dict[str, object]:
+    """PNG-ready figures: accuracy, gap and weight norm against the swept value; val curves per point."""
+    plt = _pyplot()
+    means = table[table["status"] == "FINISHED"].groupby(axis).mean(numeric_only=True).reset_index()
+    figures = {}
+    panels = [
+        ("accuracy_vs_lambda.png", "accuracy", ["train_accuracy", "val_accuracy", "test_accuracy"]),
+        ("gap_vs_lambda.png", "train - test accuracy", ["generalization_gap"]),
+        ("weight_norm_vs_lambda.png", "total kernel L2 norm", ["weight_norm_total"]),
+    ]
+    for name, ylabel, columns in panels:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for column in columns:
+            ax.plot(means[axis], means[column], marker="o", label=column)
+        _lambda_axis(ax, means[axis])
+        ax.set_xlabel(axis)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if len(columns) > 1:
+            ax.legend()
+        fig.tight_layout()
+        figures[name] = fig
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, curve in sorted(curves.items()):
+        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val_accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures["val_accuracy_curves.png"] = fig
+    return figures
+
+
+def save_figure(figure, path: Path) -> None:
+    """Write a figure as PNG, atomically, and free it."""
+    plt = _pyplot()
+    with atomic_outputs(path) as (tmp,):
+        figure.savefig(tmp, dpi=110)
+    plt.close(figure)

@@ -8,13 +8,15 @@ import os
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import mlflow
 import numpy as np
 from mlflow.entities import RunStatus
 
+from l2lab.errors import L2labError
 from l2lab.params import Params
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def run_tags(data_summary: dict[str, Any]) -> dict[str, str]:
 
 
 @contextmanager
-def _ending(run_id: str) -> Iterator[None]:
+def _ending(run_id: str, failed: Callable[[], bool] = lambda: False) -> Iterator[None]:
     """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other error."""
     try:
         yield
@@ -111,8 +113,9 @@ def _ending(run_id: str) -> Iterator[None]:
     except BaseException:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
-    mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    log.info("MLflow run %s finished", run_id)
+    status = RunStatus.FAILED if failed() else RunStatus.FINISHED
+    mlflow.end_run(RunStatus.to_string(status))
+    log.info("MLflow run %s ended %s", run_id, RunStatus.to_string(status))
 
 
 @contextmanager
@@ -172,3 +175,107 @@ def log_figure(figure: Any, name: str) -> None:
 def log_dict(data: dict[str, Any], name: str) -> None:
     """A JSON artifact."""
     mlflow.log_dict(data, name)
+
+
+SWEEP_TAG = "l2lab.sweep_id"
+ROLE_TAG = "l2lab.role"  # "sweep" on a sweep's parent run
+
+
+@dataclass
+class SweepParent:
+    run_id: str
+    failed: bool = False  # set when a point failed: the parent then ends FAILED
+
+
+@contextmanager
+def sweep_parent(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> Iterator[SweepParent]:
+    """The parent run that groups a sweep's runs in the UI; ends FINISHED, FAILED or KILLED."""
+    experiment_id = setup()
+    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "mlflow.note.content": _sweep_note(axes, fixed)}
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=sweep_id, tags=tags)
+    parent = SweepParent(run.info.run_id)
+    with _ending(parent.run_id, lambda: parent.failed):
+        mlflow.log_params({f"sweep.{key}": ",".join(values) for key, values in axes.items()})
+        mlflow.log_params({f"sweep.fixed.{key}": value for key, value in fixed.items()})
+        yield parent
+
+
+def _sweep_note(axes: dict[str, list[str]], fixed: dict[str, str]) -> str:
+    grid = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in axes.items())
+    extra = ", ".join(f"{k}={v}" for k, v in fixed.items())
+    return f"Sweep over {grid}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
+
+
+def adopt_child(parent_id: str, sweep_id: str, exp_name: str) -> str | None:
+    """Nest the run named exp_name under the sweep's parent run; return its id (None if it never started)."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{exp_name}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    client.set_tag(run_id, "mlflow.parentRunId", parent_id)
+    client.set_tag(run_id, SWEEP_TAG, sweep_id)
+    return run_id
+
+
+REGISTERED_MODEL = "cifar10-cnn"
+CHAMPION_ALIAS = "champion"
+
+
+def latest_sweep() -> tuple[str, str]:
+    """(sweep id, parent run id) of the most recent sweep."""
+    setup()
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise L2labError(f"no sweep found in {mlflow.get_tracking_uri()}; run `l2lab sweep` first")
+    return runs[0].data.tags[SWEEP_TAG], runs[0].info.run_id
+
+
+def sweep_parent_id(sweep_id: str) -> str:
+    """The parent run id of a sweep."""
+    setup()
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_id}'")
+    if not runs:
+        raise L2labError(f"no sweep {sweep_id!r} in {mlflow.get_tracking_uri()}")
+    return runs[0].info.run_id
+
+
+def sweep_runs(parent_id: str) -> list[dict[str, Any]]:
+    """The sweep's child runs as plain dicts: run_id, name, status, params, metrics, val_curve."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "val_curve": [m.value for m in sorted(client.get_metric_history(r.info.run_id, "val_accuracy"),
+                                                  key=lambda m: m.step)],
+        }
+        for r in runs
+    ]
+
+
+def register_champion(run_id: str) -> str:
+    """Register the run's model as a new version of cifar10-cnn and point the champion alias at it."""
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(f"runs:/{run_id}/model", REGISTERED_MODEL)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
+    client.set_model_version_tag(REGISTERED_MODEL, version.version, "selected_by", "max val_accuracy")
+    return str(version.version)
+
+
+def log_report(parent_id: str, folder: Path) -> None:
+    """Attach the report's files to the sweep's parent run, under report/."""
+    mlflow.MlflowClient().log_artifacts(parent_id, str(folder), artifact_path="report")

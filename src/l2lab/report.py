@@ -1,0 +1,124 @@
+"""`l2lab report`: a sweep's table and plots, and the champion chosen on validation accuracy."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from l2lab import tracking
+from l2lab.errors import L2labError
+from l2lab.files import atomic_outputs
+from l2lab.plots import save_figure, sweep_figures
+
+log = logging.getLogger(__name__)
+
+AXES = ("train.l2", "train.l1", "train.weight_decay", "seed")  # what a sweep may vary
+COLUMNS = {  # report column -> MLflow metric
+    "val_accuracy": "val_accuracy",
+    "test_accuracy": "test_accuracy",
+    "train_accuracy": "train_accuracy",
+    "generalization_gap": "generalization_gap",
+    "weight_norm_total": "weight_norm.total",
+    "sparsity_total": "sparsity.total",
+    "val_loss": "val_loss",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    sweep_id: str
+    axis: str  # the swept param the plots put on x
+    table: pd.DataFrame
+    champion: pd.Series | None  # the row chosen by validation accuracy
+    champion_version: str | None  # its version of the registered model
+    folder: Path
+
+
+def sweep_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per child run: swept params, epochs, accuracies, gap, norm, sparsity, names."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {key: float(run["params"][key]) for key in AXES if key in run["params"]}
+        row["epochs"] = int(run["params"].get("train.epochs", 0))
+        row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
+        row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"])
+        rows.append(row)
+    if not rows:
+        raise L2labError("the sweep has no runs yet")
+    return pd.DataFrame(rows).sort_values([k for k in AXES if k in rows[0]]).reset_index(drop=True)
+
+
+def swept_axis(table: pd.DataFrame) -> str:
+    """The first of train.l2, train.l1, train.weight_decay that takes several values (else train.l2)."""
+    for key in AXES[:3]:
+        if key in table and table[key].nunique() > 1:
+            return key
+    return "train.l2"
+
+
+def choose_champion(table: pd.DataFrame, axis: str) -> pd.Series | None:
+    """Best mean validation accuracy over seeds, then that value's best run; ties go to lower val_loss.
+
+    The test set plays no part: it stays an unbiased estimate for the chosen model.
+    """
+    done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna()]
+    if done.empty:
+        return None
+    means = done.groupby(axis).agg(val=("val_accuracy", "mean"), loss=("val_loss", "mean"))
+    best_value = means.sort_values(["val", "loss"], ascending=[False, True]).index[0]
+    candidates = done[done[axis] == best_value]
+    return candidates.sort_values(["val_accuracy", "val_loss"], ascending=[False, True]).iloc[0]
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table."""
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> Report:
+    """Build the report of a sweep (the latest by default), register its champion, log it to the parent."""
+    if sweep_id is None:
+        sweep_id, parent_id = tracking.latest_sweep()
+    else:
+        parent_id = tracking.sweep_parent_id(sweep_id)
+    runs = tracking.sweep_runs(parent_id)
+    table = sweep_table(runs)
+    axis = swept_axis(table)
+    champion = choose_champion(table, axis)
+    version = tracking.register_champion(champion["mlflow_run_id"]) if champion is not None and register else None
+    folder = out_root / sweep_id
+    write_files(folder, table, axis, {r["name"]: r["val_curve"] for r in runs}, champion, version)
+    tracking.log_report(parent_id, folder)
+    return Report(sweep_id, axis, table, champion, version, folder)
+
+
+def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, list[float]],
+                champion: pd.Series | None, version: str | None) -> None:
+    """table.csv, table.md (with the champion line) and the PNG plots."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs(folder / "table.csv", folder / "table.md") as (csv_tmp, md_tmp):
+        table.to_csv(csv_tmp, index=False)
+        md_tmp.write_text(markdown(table) + "\n" + champion_line(champion, axis, version) + "\n")
+    several_seeds = "seed" in table and table["seed"].nunique() > 1
+    labels = {row["experiment"]: f"{axis}={row[axis]:g}" + (f" seed={row['seed']:g}" if several_seeds else "")
+              for _, row in table.iterrows()}
+    for name, figure in sweep_figures(table, axis, {labels[k]: v for k, v in curves.items() if k in labels}).items():
+        save_figure(figure, folder / name)
+
+
+def champion_line(champion: pd.Series | None, axis: str, version: str | None) -> str:
+    if champion is None:
+        return "No finished run: no champion."
+    registered = f"; registered as {tracking.REGISTERED_MODEL} version {version} (alias {tracking.CHAMPION_ALIAS})" if version else ""
+    return (f"Champion (best validation accuracy): {axis} = {champion[axis]:g}, val_accuracy "
+            f"{champion['val_accuracy']:.4f}, test_accuracy {champion['test_accuracy']:.4f}, "
+            f"experiment {champion['experiment']}, MLflow run {champion['mlflow_run_id']}{registered}")
