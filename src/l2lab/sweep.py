@@ -7,6 +7,7 @@ import itertools
 import logging
 import re
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,17 @@ def queue(points: list[Point], cwd: Path) -> None:
         log.info("queued %s (%s)", point.name, ", ".join(f"{k}={v}" for k, v in point.sets.items()))
 
 
+def start_workers(jobs: int, cwd: Path) -> None:
+    """`dvc queue start -j N`. The workers it forks outlive it and keep inherited pipes open,
+    so its output goes to a file, not a pipe, or this call would wait for the whole queue."""
+    with tempfile.TemporaryFile("w+") as out:
+        status = subprocess.call(["dvc", "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=out, stderr=out)
+        if status != 0:
+            out.seek(0)
+            lines = out.read().strip().splitlines() or ["no output"]
+            raise L2labError(f"dvc queue start -j {jobs} failed: {lines[-1]}")
+
+
 def queue_states(cwd: Path) -> dict[str, str]:
     """Experiment name -> queue status (Queued, Running, Success, Failed) from `dvc queue status`."""
     states = {}
@@ -147,7 +159,7 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
     validate(cwd / "params.yaml", points)
     with tracking.sweep_parent(sweep_id, axes, fixed) as parent:
         queue(points, cwd)
-        dvc("queue", "start", "-j", str(jobs), cwd=cwd)
+        start_workers(jobs, cwd)
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
 

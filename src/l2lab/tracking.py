@@ -25,6 +25,7 @@ EXPERIMENT = "cifar10-l2"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LOCK_NAME = ".mlflow.db.lock"
+MODEL_URI_TAG = "l2lab.model_uri"
 DEMO_NOTE = (
     "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
     "archive format, so the whole pipeline can run offline. Its accuracy says nothing about CIFAR-10."
@@ -160,7 +161,8 @@ def log_model(model: Any, example: np.ndarray) -> None:
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, model.predict(example, verbose=0))
-    mlflow.tensorflow.log_model(model, name="model", signature=signature)
+    info = mlflow.tensorflow.log_model(model, name="model", signature=signature)
+    mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # models:/<id>, what the registry wants
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.weights.h5"
         model.save_weights(weights)
@@ -268,9 +270,14 @@ def sweep_runs(parent_id: str) -> list[dict[str, Any]]:
 
 
 def register_champion(run_id: str) -> str:
-    """Register the run's model as a new version of cifar10-cnn and point the champion alias at it."""
+    """Register the run's model as a version of cifar10-cnn (once) and point the champion alias at it."""
     client = mlflow.MlflowClient()
-    version = mlflow.register_model(f"runs:/{run_id}/model", REGISTERED_MODEL)
+    existing = client.search_model_versions(f"name = '{REGISTERED_MODEL}' and tags.source_run_id = '{run_id}'")
+    if existing:  # reporting the same sweep twice moves no alias and adds no version
+        version = existing[0]
+    else:
+        uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
+        version = mlflow.register_model(uri, REGISTERED_MODEL, tags={"source_run_id": run_id})
     client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
     client.set_model_version_tag(REGISTERED_MODEL, version.version, "selected_by", "max val_accuracy")
     return str(version.version)

@@ -1,0 +1,156 @@
+"""End to end: lambda grids through DVC's queue and `l2lab sweep`, read back from MLflow."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from l2lab.tracking import CHAMPION_ALIAS, EXPERIMENT, REGISTERED_MODEL
+from project import clone_project, env, run, set_params
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def project(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> Path:
+    """A committed copy of the repo pointed at the small archive, one epoch, no mlflow.db yet."""
+    repo = clone_project(tmp_path / "repo")
+    set_params(repo, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
+               data__val_size=50, train__epochs=1)
+    run(repo, "git", "commit", "-qam", "point at the test archive")
+    yield repo
+    run(repo, "dvc", "queue", "stop", "--kill", check=False)
+
+
+def client(project: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def runs(project: Path) -> list:
+    c = client(project)
+    return c.search_runs([c.get_experiment_by_name(EXPERIMENT).experiment_id])
+
+
+def wait_for_queue(project: Path, timeout: float = 600) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(project, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue did not finish:\n{status}")
+
+
+def test_plain_dvc_queue_runs_each_point_once_with_its_own_code(project: Path) -> None:
+    assert not (project / "mlflow.db").exists()
+    run(project, "dvc", "exp", "run", "--queue", "-S", "train.l2=0,0.01")
+    # Break the workspace code after queueing: the queued experiments must not see it.
+    train_py = project / "src" / "l2lab" / "train.py"
+    train_py.write_text('raise SystemExit("the workspace code ran, not the queued commit")\n' + train_py.read_text())
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    status = wait_for_queue(project)
+    assert status.count("Success") == 2 and "Failed" not in status, status
+
+    finished = [r for r in runs(project) if r.info.status == "FINISHED"]
+    assert sorted(r.data.params["train.l2"] for r in finished) == ["0.0", "0.01"]
+    assert len(runs(project)) == 2  # exactly one run per point, all in the repo's database
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+    by_name = {exp["name"]: exp for rev in shown for exp in _experiments(rev)}
+    for r in finished:
+        assert r.info.run_name in by_name  # MLflow run name = DVC experiment name
+        assert r.data.tags["dvc.exp_name"] == r.info.run_name
+        assert _metric(by_name[r.info.run_name], "mlflow_run_id") == r.info.run_id
+
+
+def _experiments(rev: dict) -> list[dict]:
+    return [exp for group in rev.get("experiments") or [] for exp in group.get("revs", [])]
+
+
+def _metric(exp: dict, key: str) -> object:
+    metrics = exp["data"]["metrics"]
+    return metrics["reports/metrics.json"]["data"][key]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
+    proc = run(project, "l2lab", "sweep", "--l2", "0.001,0.003,1e30", "--jobs", "2", "-S", "train.epochs=1", check=False)
+    assert proc.returncode == 1  # the 1e30 point diverges
+    assert "error: 1 of 3 points failed:" in proc.stderr and "-l21e30" in proc.stderr
+    assert "Champion (best validation accuracy): train.l2 =" in proc.stdout
+
+    c = client(project)
+    (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
+    sweep_id = parent.data.tags["l2lab.sweep_id"]
+    children = [r for r in runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED"]
+    assert all(r.data.tags["l2lab.sweep_id"] == sweep_id for r in children)
+    assert parent.info.status == "FAILED"
+    good = {r.info.run_id: r for r in children if r.info.status == "FINISHED"}
+    best = max(good.values(), key=lambda r: r.data.metrics["val_accuracy"])
+    champion = c.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
+    assert champion.tags["source_run_id"] == best.info.run_id
+
+    folder = project / "reports" / "sweep" / sweep_id
+    for name in ("table.csv", "table.md", "accuracy_vs_lambda.png", "gap_vs_lambda.png",
+                 "weight_norm_vs_lambda.png", "val_accuracy_curves.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert len((folder / "table.csv").read_text().splitlines()) == 1 + 3
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "report")} >= {"report/table.csv", "report/table.md"}
+
+    # `l2lab report` again, for this sweep by id: the same choice, and no duplicate version.
+    again = run(project, "l2lab", "report", "--sweep", sweep_id)
+    assert best.info.run_id in again.stdout
+    assert str(c.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).version) == "1"
+
+    # Reproduce one point: apply the experiment, re-run training, get the same numbers.
+    name = best.info.run_name
+    run(project, "dvc", "exp", "apply", name)
+    run(project, "dvc", "repro", "-f", "train", "evaluate")
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == best.data.metrics["test_accuracy"]
+    assert metrics["weight_norm"]["total"] == best.data.metrics["weight_norm.total"]
+
+    # The UI server (loopback only) serves the sweep through its REST API.
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "server", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              cwd=project, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(f"{base}/health", server)
+        body = json.dumps({"experiment_ids": [parent.info.experiment_id],
+                           "filter": f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"}).encode()
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            found = json.load(response)["runs"]
+        assert len(found) == 3
+        assert {r["info"]["run_name"] for r in found} == {r.info.run_name for r in children}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_http(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "mlflow server exited"
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer")

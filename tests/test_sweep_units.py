@@ -1,0 +1,82 @@
+"""Sweep grid building and validation, and the report's table and champion choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from l2lab.errors import L2labError
+from l2lab.params import ParamsError
+from l2lab.report import choose_champion, markdown, sweep_table, swept_axis
+from l2lab.sweep import grid, parse_sets, parse_values, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_parse_values_and_sets() -> None:
+    assert parse_values("--l2", "0, 1e-5,1e-4,") == ["0", "1e-5", "1e-4"]
+    with pytest.raises(L2labError, match="--l2: 'abc' is not a number"):
+        parse_values("--l2", "0,abc")
+    with pytest.raises(L2labError, match="--l2: give at least one value"):
+        parse_values("--l2", " , ")
+    assert parse_sets(["train.epochs=1", "seed = 7"]) == {"train.epochs": "1", "seed": "7"}
+    with pytest.raises(L2labError, match="expected key=value"):
+        parse_sets(["train.epochs"])
+
+
+def test_grid_is_the_cartesian_product_with_fixed_overrides() -> None:
+    points = grid("sw1", {"train.l2": ["0", "1e-4"], "seed": ["1", "2"]}, {"train.epochs": "1"})
+    assert [p.name for p in points] == ["sw1-l20-seed1", "sw1-l20-seed2", "sw1-l21e-4-seed1", "sw1-l21e-4-seed2"]
+    assert points[3].sets == {"train.epochs": "1", "train.l2": "1e-4", "seed": "2"}
+
+
+@pytest.mark.parametrize(
+    ("axes", "fixed", "message"),
+    [
+        ({"train.l2": ["-1"]}, {}, "train.l2: Input should be greater than or equal to 0"),
+        ({"train.l2": ["0"]}, {"train.epochs": "0"}, "train.epochs: Input should be greater than or equal to 1"),
+        ({"train.l2": ["0"]}, {"train.momentum": "0.9"}, "train.momentum: unknown key"),
+    ],
+)
+def test_validate_rejects_bad_points_before_queueing(axes: dict, fixed: dict, message: str) -> None:
+    with pytest.raises(ParamsError, match=message):
+        validate(REPO / "params.yaml", grid("sw", axes, fixed))
+
+
+def run(name: str, l2: float, val: float | None, test: float | None, status: str = "FINISHED", seed: int = 42,
+        val_loss: float = 1.0) -> dict:
+    metrics = {} if val is None else {"val_accuracy": val, "test_accuracy": test, "train_accuracy": 0.9,
+                                      "generalization_gap": 0.9 - test, "weight_norm.total": 10.0,
+                                      "sparsity.total": 0.1, "val_loss": val_loss}
+    params = {"train.l2": str(l2), "train.l1": "0.0", "train.weight_decay": "0.0", "seed": str(seed), "train.epochs": "3"}
+    return {"run_id": f"id-{name}", "name": name, "status": status, "params": params, "metrics": metrics, "val_curve": []}
+
+
+def test_champion_is_chosen_on_validation_never_on_test() -> None:
+    table = sweep_table([
+        run("a", 0.0, val=0.60, test=0.70),  # best test accuracy: must not matter
+        run("b", 1e-3, val=0.65, test=0.62),
+        run("c", 1e-2, val=0.50, test=0.50),
+        run("d", 1e-1, val=None, test=None, status="FAILED"),
+    ])
+    assert list(table["train.l2"]) == [0.0, 1e-3, 1e-2, 1e-1]
+    assert swept_axis(table) == "train.l2"
+    assert choose_champion(table, "train.l2")["experiment"] == "b"
+
+
+def test_champion_uses_mean_over_seeds_and_breaks_ties_on_val_loss() -> None:
+    table = sweep_table([
+        run("a1", 0.0, val=0.70, test=0.6, seed=1), run("a2", 0.0, val=0.50, test=0.6, seed=2),  # mean 0.60
+        run("b1", 1e-3, val=0.62, test=0.6, seed=1), run("b2", 1e-3, val=0.64, test=0.6, seed=2),  # mean 0.63
+    ])
+    assert choose_champion(table, "train.l2")["experiment"] == "b2"
+    tied = sweep_table([run("x", 0.0, val=0.6, test=0.5, val_loss=1.2), run("y", 1e-3, val=0.6, test=0.5, val_loss=1.1)])
+    assert choose_champion(tied, "train.l2")["experiment"] == "y"
+    assert choose_champion(sweep_table([run("f", 0.0, None, None, status="FAILED")]), "train.l2") is None
+
+
+def test_markdown_table() -> None:
+    text = markdown(pd.DataFrame({"a": [1.23456, 2.0], "b": ["x", "y"]}))
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x |", "| 2 | y |"]
