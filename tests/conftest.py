@@ -30,3 +30,12 @@ def small_archive_sha256(small_archive: Path) -> str:
 def server() -> LoopbackServer:
     with LoopbackServer() as srv:
         yield srv
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many fault-injection cases ran and how many held (behaved as specified)."""
+    reports = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
+               if r.when == "call" and "fault" in r.keywords]
+    if reports:
+        held = sum(r.passed for r in reports)
+        terminalreporter.write_line(f"fault-injection: {len(reports)} cases tried, {held} held")

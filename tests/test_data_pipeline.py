@@ -50,6 +50,7 @@ def test_file_url_works_through_dvc(project: Path, small_archive: Path, small_ar
     assert (project / "data" / "processed" / "train.npz").exists()
 
 
+@pytest.mark.fault
 def test_wrong_checksum_fails_clearly_and_leaves_no_archive(
     project: Path, server: LoopbackServer, small_archive: Path
 ) -> None:
@@ -62,6 +63,7 @@ def test_wrong_checksum_fails_clearly_and_leaves_no_archive(
     assert not list(project.glob("data/raw/*.part"))
 
 
+@pytest.mark.fault
 def test_unreachable_url_fails_fast_naming_it(project: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,6 +76,7 @@ def test_unreachable_url_fails_fast_naming_it(project: Path) -> None:
     assert "data.url=file://" in proc.stderr
 
 
+@pytest.mark.fault
 def test_bad_param_stops_before_any_work(project: Path, small_archive: Path, small_archive_sha256: str) -> None:
     set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256, data__val_size=-5)
     proc = run(project, "dvc", "repro", "preprocess", check=False)

@@ -25,6 +25,7 @@ def test_http_success(server: LoopbackServer, tmp_path: Path) -> None:
     assert list(dest.parent.iterdir()) == [dest]  # no partial file left behind
 
 
+@pytest.mark.fault
 def test_wrong_checksum_deletes_download(server: LoopbackServer, tmp_path: Path) -> None:
     url = server.add("/a.tar.gz", Route(body=BODY))
     dest = tmp_path / "a.tar.gz"
@@ -33,6 +34,7 @@ def test_wrong_checksum_deletes_download(server: LoopbackServer, tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault
 def test_truncated_transfer_resumes_with_range(server: LoopbackServer, tmp_path: Path) -> None:
     route = Route(body=BODY, drop_after=300_000, drops=2)
     url = server.add("/a.tar.gz", route)
@@ -44,6 +46,7 @@ def test_truncated_transfer_resumes_with_range(server: LoopbackServer, tmp_path:
     assert 0 < offsets[0] <= 300_000 < offsets[1] <= 600_000  # each try picks up where the last one stopped
 
 
+@pytest.mark.fault
 def test_truncated_transfer_restarts_when_server_ignores_range(server: LoopbackServer, tmp_path: Path) -> None:
     route = Route(body=BODY, ranges=False, drop_after=300_000, drops=1)
     url = server.add("/a.tar.gz", route)
@@ -52,6 +55,7 @@ def test_truncated_transfer_restarts_when_server_ignores_range(server: LoopbackS
     assert len(route.requests) == 2
 
 
+@pytest.mark.fault
 def test_partial_file_from_an_earlier_run_is_resumed(server: LoopbackServer, tmp_path: Path) -> None:
     route = Route(body=BODY)
     url = server.add("/a.tar.gz", route)
@@ -61,6 +65,7 @@ def test_partial_file_from_an_earlier_run_is_resumed(server: LoopbackServer, tmp
     assert route.requests[0]["Range"] == "bytes=123456-"
 
 
+@pytest.mark.fault
 def test_truncated_for_good_fails_on_checksum(server: LoopbackServer, tmp_path: Path) -> None:
     # The server declares the short length, so every try "succeeds"; the checksum decides.
     url = server.add("/a.tar.gz", Route(body=BODY[:1000]))
@@ -69,6 +74,7 @@ def test_truncated_for_good_fails_on_checksum(server: LoopbackServer, tmp_path: 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault
 def test_http_404_fails_at_once_naming_url_and_status(server: LoopbackServer, tmp_path: Path) -> None:
     route = Route(status=404)
     url = server.add("/missing", route)
@@ -77,6 +83,7 @@ def test_http_404_fails_at_once_naming_url_and_status(server: LoopbackServer, tm
     assert len(route.requests) == 1
 
 
+@pytest.mark.fault
 def test_http_503_is_retried_then_reported(server: LoopbackServer, tmp_path: Path) -> None:
     route = Route(status=503)
     url = server.add("/busy", route)
@@ -85,6 +92,7 @@ def test_http_503_is_retried_then_reported(server: LoopbackServer, tmp_path: Pat
     assert len(route.requests) == 3
 
 
+@pytest.mark.fault
 def test_refused_connection_fails_fast(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -96,6 +104,7 @@ def test_refused_connection_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.fault
 def test_silent_server_times_out(server: LoopbackServer, tmp_path: Path) -> None:
     url = server.add("/stall", Route(stall=30))
     started = time.monotonic()
@@ -104,6 +113,7 @@ def test_silent_server_times_out(server: LoopbackServer, tmp_path: Path) -> None
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.fault
 def test_stall_limit_bounds_the_whole_download_not_each_try(server: LoopbackServer, tmp_path: Path) -> None:
     url = server.add("/stall", Route(stall=30))
     patient = Retry(connect_timeout=2, read_timeout=1.5, attempts=100, backoff=0.1, stall_limit=3)
@@ -120,6 +130,7 @@ def test_file_url_and_plain_path(small_archive: Path, small_archive_sha256: str,
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes() == small_archive.read_bytes()
 
 
+@pytest.mark.fault
 def test_missing_local_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="cannot read /nonexistent/x.tar.gz: No such file"):
         fetch("file:///nonexistent/x.tar.gz", tmp_path / "a", SHA, FAST)

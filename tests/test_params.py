@@ -30,6 +30,7 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
     assert load_params(tmp_path / "params.yaml").train.l2 == 1e-05
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
@@ -69,6 +70,7 @@ def test_bad_values_name_the_key(raw: dict, key: str, value: object, message: st
     assert text.startswith(f"params.yaml: {message}") and "\n" not in text
 
 
+@pytest.mark.fault
 def test_missing_key_is_named(raw: dict) -> None:
     bad = copy.deepcopy(raw)
     del bad["train"]["epochs"]
@@ -76,6 +78,7 @@ def test_missing_key_is_named(raw: dict) -> None:
         parse_params(bad)
 
 
+@pytest.mark.fault
 def test_unreadable_or_malformed_file(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="cannot read params"):
         load_params(tmp_path / "nope.yaml")

@@ -55,6 +55,7 @@ def test_python3_pickles_with_str_keys_load_too(tmp_path: Path) -> None:
     assert list(load_pickle(py2_pickle(batch), "b")) == ["data", "labels"]
 
 
+@pytest.mark.fault
 def test_pickle_asking_for_other_callables_is_refused_and_not_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
@@ -73,6 +74,7 @@ def test_pickle_asking_for_other_callables_is_refused_and_not_run(tmp_path: Path
     assert not (tmp_path / "processed").exists() or not any((tmp_path / "processed").iterdir())
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("os_system", ["os\nsystem", "posix\nsystem", "builtins\neval"])
 def test_raw_global_opcodes_are_refused(os_system: str) -> None:
     payload = b"c" + os_system.encode() + b"\n(S'echo hi'\ntR."
@@ -97,6 +99,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
     return info
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     ("info", "why"),
     [
@@ -115,6 +118,7 @@ def test_hostile_members_are_refused_by_name(tmp_path: Path, info: tarfile.TarIn
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.tar.gz"]
 
 
+@pytest.mark.fault
 def test_corrupt_and_truncated_archives_name_the_file(small_archive: Path, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(small_archive.read_bytes()[: small_archive.stat().st_size // 2])
@@ -126,6 +130,7 @@ def test_corrupt_and_truncated_archives_name_the_file(small_archive: Path, tmp_p
         read_batches(garbage)
 
 
+@pytest.mark.fault
 def test_wrong_layout_names_what_is_missing(tmp_path: Path) -> None:
     members = {k.replace("cifar-10-batches-py", "other"): v for k, v in cifar_members(10, 10, 0).items()}
     write_tar_gz(tmp_path / "a.tar.gz", members)
@@ -133,6 +138,7 @@ def test_wrong_layout_names_what_is_missing(tmp_path: Path) -> None:
         read_batches(tmp_path / "a.tar.gz")
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
@@ -168,6 +174,7 @@ def test_split_rounding_still_sums_to_val_size() -> None:
     assert counts.sum() == 5 and counts.max() - counts.min() <= 1
 
 
+@pytest.mark.fault
 def test_val_size_larger_than_the_archive_is_refused(small_archive: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="data.val_size: 300 leaves no training images"):
         run(small_archive, tmp_path, val_size=5 * PER_BATCH)

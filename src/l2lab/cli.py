@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from l2lab.errors import L2labError
-from l2lab.stages import setup_logging
+from l2lab.stages import run_stage
 
 log = logging.getLogger("l2lab")
 
@@ -71,16 +71,15 @@ def print_report(report) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    setup_logging()
     commands = {"sweep": sweep_command, "report": report_command}
-    try:
-        sys.exit(commands[args.command](args))
-    except L2labError as exc:
-        log.error("error: %s", exc)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        sys.exit(130)
+    status = 0
+
+    def body() -> None:
+        nonlocal status
+        status = commands[args.command](args)
+
+    run_stage(body)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

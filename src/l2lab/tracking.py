@@ -7,10 +7,11 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import mlflow
 import numpy as np
@@ -20,6 +21,7 @@ from l2lab.errors import L2labError
 from l2lab.params import Params
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPERIMENT = "cifar10-l2"
 DB_NAME = "mlflow.db"
@@ -109,13 +111,13 @@ def _ending(run_id: str, failed: Callable[[], bool] = lambda: False) -> Iterator
     try:
         yield
     except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        retrying(lambda: mlflow.end_run(RunStatus.to_string(RunStatus.KILLED)))
         raise
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        retrying(lambda: mlflow.end_run(RunStatus.to_string(RunStatus.FAILED)))
         raise
     status = RunStatus.FAILED if failed() else RunStatus.FINISHED
-    mlflow.end_run(RunStatus.to_string(status))
+    retrying(lambda: mlflow.end_run(RunStatus.to_string(status)))
     log.info("MLflow run %s ended %s", run_id, RunStatus.to_string(status))
 
 
@@ -132,7 +134,7 @@ def training_run(params: Params, data_summary: dict[str, Any]) -> Iterator[str]:
     run_id = run.info.run_id
     log.info("MLflow run %s (%s) in %s", run_id, run.info.run_name, mlflow.get_tracking_uri())
     with _ending(run_id):
-        mlflow.log_params(params.flat())
+        retrying(lambda: mlflow.log_params(params.flat()))
         yield run_id
 
 
@@ -145,14 +147,33 @@ def resumed_run(run_id: str) -> Iterator[str]:
         yield run_id
 
 
+def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5) -> T:
+    """Run an MLflow call, retrying with backoff while the store is busy (SQLite "database is locked")."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+            wait = first_wait * 2**attempt
+            log.warning("MLflow store busy (%s); retrying in %.1f s", str(exc).splitlines()[0][:120], wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in ("database is locked", "database table is locked", "OperationalError"))
+
+
 def log_epoch(step: int, metrics: dict[str, float]) -> None:
     """One epoch's metrics, step = epoch number (1-based)."""
-    mlflow.log_metrics(metrics, step=step)
+    retrying(lambda: mlflow.log_metrics(metrics, step=step))
 
 
 def log_final(metrics: dict[str, float]) -> None:
     """End-of-run scalar metrics."""
-    mlflow.log_metrics(metrics)
+    retrying(lambda: mlflow.log_metrics(metrics))
 
 
 def log_model(model: Any, example: np.ndarray) -> None:

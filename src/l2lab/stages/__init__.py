@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -17,17 +18,31 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that runs end KILLED and temporary files are removed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def run_stage(body: Callable[[], object]) -> None:
-    """Run a stage body; a known failure becomes one 'error:' line and exit status 1."""
+    """Run a stage body; a known failure becomes one 'error:' line and exit status 1.
+
+    Ctrl-C and SIGTERM unwind through the body (so MLflow runs end KILLED and no
+    half-written output is left), then exit 130 or 143 as shells expect.
+    """
     setup_logging()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         body()
     except L2labError as exc:
         log.error("error: %s", exc)
         sys.exit(1)
-    except KeyboardInterrupt:
-        log.error("error: interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        log.error("error: %s", "terminated (SIGTERM)" if terminated else "interrupted")
+        sys.exit(143 if terminated else 130)
 
 
 def quiet_tensorflow() -> None:

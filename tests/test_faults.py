@@ -1,0 +1,101 @@
+"""Faults during a run: signals, divergence, a busy MLflow database. Real processes, real stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from l2lab import tracking
+from l2lab.preprocess import preprocess
+from project import REPO, clone_project, env, run, set_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fault]
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, small_archive: Path) -> Path:
+    """A folder with params.yaml and the processed splits, ready for the train stage."""
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("epochs: 10", "epochs: 500"))
+    preprocess(small_archive, work / "data", work / "data.json", val_size=50, seed=42)
+    return work
+
+
+def train_command(work: Path) -> list[str]:
+    return [sys.executable, "-m", "l2lab.stages.train", "--params", str(work / "params.yaml"),
+            "--data-dir", str(work / "data"), "--data-summary", str(work / "data.json"),
+            "--model", str(work / "models" / "model.keras"), "--run-info", str(work / "models" / "run.json"),
+            "--history", str(work / "history.csv")]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_during_training_ends_the_run_killed_and_writes_nothing(prepared: Path, sig: int, code: int) -> None:
+    proc = subprocess.Popen(train_command(prepared), cwd=prepared, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(prepared)))
+    lines = []
+    for line in proc.stderr:  # wait until training is under way
+        lines.append(line)
+        if "epoch 2/500" in line:
+            break
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == code, "".join(lines) + rest
+    assert ("terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted") in rest
+    (only,) = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}").search_runs(["1"])
+    assert only.info.status == "KILLED"
+    leftovers = sorted(p.name for p in prepared.rglob("*") if "tmp" in p.name or p.suffix == ".keras")
+    assert leftovers == [] and not (prepared / "models" / "run.json").exists()
+
+
+def test_diverging_run_fails_clearly(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> None:
+    project = clone_project(tmp_path / "repo")
+    set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
+               data__val_size=50, train__epochs=2, train__l2=1e30)
+    proc = run(project, "dvc", "repro", check=False)
+    assert proc.returncode != 0
+    assert "error: training diverged at epoch 1: loss is nan" in proc.stderr or "loss is inf" in proc.stderr
+    (only,) = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_runs(["1"])
+    assert only.info.status == "FAILED"
+    assert not (project / "models" / "model.keras").exists()
+
+
+def test_busy_database_is_retried_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.setup(tmp_path)
+    run_id = mlflow.start_run(experiment_id=tracking.setup(tmp_path)).info.run_id
+    try:
+        blocker = sqlite3.connect(tmp_path / "mlflow.db", timeout=0, check_same_thread=False)
+        blocker.execute("BEGIN EXCLUSIVE")  # nobody else may read or write now
+        release = threading.Timer(7.0, blocker.rollback)  # longer than SQLite's 5 s busy wait
+        release.start()
+        started = time.monotonic()
+        tracking.log_final({"test_accuracy": 0.5})
+        assert time.monotonic() - started >= 5
+        release.join()
+        blocker.close()
+    finally:
+        mlflow.end_run()
+    assert MlflowClient().get_run(run_id).data.metrics["test_accuracy"] == 0.5
+
+
+def test_retrying_gives_up_on_other_errors_at_once() -> None:
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("not a database problem")
+
+    with pytest.raises(ValueError):
+        tracking.retrying(broken)
+    assert calls == [1]
