@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test test-all demo ui install clean-venv
+.PHONY: repro test test-all demo ui bench install clean-venv
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(RUN) python -m pytest -m ""
+
+# Side-by-side training benchmark against the seed article's loop; writes reports/bench.json.
+bench: $(STAMP)
+	$(RUN) python bench/train_speed.py
 
 demo: $(STAMP)
 	$(RUN) python -m l2lab.demo

@@ -30,11 +30,11 @@ def load_arrays(images: int | None):
     """(x_train, y_train, x_val, y_val) uint8/int64: processed CIFAR-10 if present, else random of the same shape."""
     import numpy as np
 
-    processed = REPO / "data" / "processed"
+    processed = Path(os.environ.get("BENCH_DATA_DIR", REPO / "data" / "processed"))
     if (processed / "train.npz").exists() and (processed / "val.npz").exists():
         with np.load(processed / "train.npz") as t, np.load(processed / "val.npz") as v:
             xt, yt, xv, yv = t["x"], t["y"], v["x"], v["y"]
-        source = "data/processed (CIFAR-10)"
+        source = f"{processed} (processed CIFAR-10)"
     else:
         rng = np.random.default_rng(0)
         xt = rng.integers(0, 256, size=(45_000, 32, 32, 3), dtype=np.uint8)
@@ -95,18 +95,21 @@ def seed_side(epochs: int, images: int | None) -> dict:
     return {"epoch_seconds": timer.seconds, "images": len(xt), "source": source, "params": model.count_params()}
 
 
-def ours_side(epochs: int, images: int | None) -> dict:
+def ours_side(epochs: int, images: int | None, precision: str = "float32") -> dict:
     """l2lab's train stage training function (train.fit) on uint8 splits."""
     sys.path.insert(0, str(REPO / "src"))
     from l2lab.params import load_params, parse_params
-    from l2lab.train import fit
+    from l2lab.train import fit, input_pipelines
 
-    xt, yt, xv, yv, source = load_arrays(images)
     raw = load_params(REPO / "params.yaml").model_dump()
-    raw["train"].update(l2=L2, batch_size=BATCH, epochs=epochs)
+    raw["train"].update(l2=L2, batch_size=BATCH, epochs=epochs, precision=precision)
+    params = parse_params(raw)
+    xt, yt, xv, yv, source = load_arrays(images)
+    count = len(xt)
+    train, val = input_pipelines(params, (xt, yt), (xv, yv))
     seconds: list[float] = []
-    model, _ = fit(parse_params(raw), (xt, yt), (xv, yv), lambda step, m: seconds.append(m["epoch_seconds"]))
-    return {"epoch_seconds": seconds, "images": len(xt), "source": source, "params": model.count_params()}
+    model, _ = fit(params, train, val, lambda step, m: seconds.append(m["epoch_seconds"]))
+    return {"epoch_seconds": seconds, "images": count, "source": source, "params": model.count_params()}
 
 
 def train_flops_per_image() -> float:
@@ -152,7 +155,9 @@ def matmul_peak_gflops() -> float:
 
 def worker(side: str, epochs: int, images: int | None, out: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = {"seed": seed_side, "ours": ours_side}[side](epochs, images)
+    sides = {"seed": seed_side, "ours": ours_side,
+             "ours_bf16": lambda e, i: ours_side(e, i, precision="mixed_bfloat16")}
+    result = sides[side](epochs, images)
     out.write_text(json.dumps(result))
 
 
@@ -192,21 +197,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is not timed")
     parser.add_argument("--images", type=int, default=None, help="training images per epoch (default: all)")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench.json")
-    parser.add_argument("--worker", choices=["seed", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "processed",
+                        help="folder with train.npz and val.npz (default: the pipeline's)")
+    parser.add_argument("--bf16", action="store_true", help="also run ours with train.precision=mixed_bfloat16")
+    parser.add_argument("--worker", choices=["seed", "ours", "ours_bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.epochs, args.images, args.out)
         return
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["BENCH_DATA_DIR"] = str(args.data_dir)  # the worker processes read it
     peak = matmul_peak_gflops()
     flops = train_flops_per_image()
-    runs: dict[str, list[dict]] = {"seed": [], "ours": []}
+    order = ["seed", "ours"] + (["ours_bf16"] if args.bf16 else [])
+    runs: dict[str, list[dict]] = {side: [] for side in order}
     for pair in range(args.pairs):
-        for side in ("seed", "ours"):
+        for side in order:
             result = run_side(side, args.epochs, args.images)
             runs[side].append(result)
-            print(f"pair {pair + 1}/{args.pairs} {side:>4}: "
+            print(f"pair {pair + 1}/{args.pairs} {side:>9}: "
                   f"{', '.join(f'{r:,.0f}' for r in result['images_per_s'])} images/s, "
                   f"peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
     sides = {side: summarize(results, flops, peak) for side, results in runs.items()}
@@ -214,6 +224,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "data": runs["ours"][0]["source"],
+        "precision": "float32",
         "images_per_epoch": runs["ours"][0]["images"],
         "batch_size": BATCH,
         "pairs": args.pairs,
@@ -224,6 +235,10 @@ def main() -> None:
         "train_speedup_vs_seed": sides["ours"]["images_per_s"]["median"] / sides["seed"]["images_per_s"]["median"],
         "peak_rss_ratio_vs_seed": sides["ours"]["peak_rss_mb"] / sides["seed"]["peak_rss_mb"],
     }
+    if "ours_bf16" in sides:
+        report["ours_bf16"] = sides["ours_bf16"]
+        report["bf16_speedup_vs_fp32"] = (sides["ours_bf16"]["images_per_s"]["median"]
+                                          / sides["ours"]["images_per_s"]["median"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
@@ -233,13 +248,16 @@ def print_table(r: dict) -> None:
     print(f"\n{r['images_per_epoch']:,} images/epoch from {r['data']}, batch {r['batch_size']}, "
           f"{r['pairs']} interleaved pairs; {r['train_mflop_per_image']:.1f} MFLOP per training image; "
           f"float32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s")
-    print(f"{'':6} {'images/s (median, min-max)':>30} {'peak RSS':>10} {'GFLOP/s':>8} {'of peak':>8}")
-    for side in ("seed", "ours"):
+    print(f"{'':9} {'images/s (median, min-max)':>30} {'peak RSS':>10} {'GFLOP/s':>8} {'of peak':>8}")
+    for side in ("seed", "ours", "ours_bf16"):
+        if side not in r:
+            continue
         s = r[side]
         ips = s["images_per_s"]
-        print(f"{side:6} {ips['median']:>14,.0f} ({ips['min']:,.0f}-{ips['max']:,.0f}) "
+        print(f"{side:9} {ips['median']:>14,.0f} ({ips['min']:,.0f}-{ips['max']:,.0f}) "
               f"{s['peak_rss_mb']:>8,.0f} MB {s['gflops']:>8.1f} {s['share_of_matmul_peak']:>7.1%}")
-    print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}")
+    print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"
+          + (f", bf16_speedup_vs_fp32 {r['bf16_speedup_vs_fp32']:.2f}x" if "bf16_speedup_vs_fp32" in r else ""))
 
 
 if __name__ == "__main__":

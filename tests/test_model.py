@@ -10,7 +10,7 @@ from l2lab.model import PARAM_COUNT, build_model, build_optimizer, kernel_regula
 from l2lab.norms import kernels, l1_penalty, l2_penalty
 from l2lab.params import TrainParams
 
-TRAIN = dict(l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=1)
+TRAIN = dict(l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=1, precision="float32")
 
 
 def test_architecture_and_parameter_count() -> None:

@@ -21,7 +21,7 @@ def test_repo_params_load_and_flatten(raw: dict) -> None:
     flat = parse_params(raw).flat()
     assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000 and flat["seed"] == 42
     assert set(flat) == {"seed", "data.url", "data.sha256", "data.val_size", "train.l2", "train.l1",
-                         "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs"}
+                         "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs", "train.precision"}
 
 
 def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
@@ -53,6 +53,7 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("data.sha256", "g" * 64, "data.sha256: must be 64 hex digits"),
         ("data.sha256", 0, "data.sha256: must be a string of 64 hex digits; quote it in params.yaml (got 0)"),
         ("seed", "42", "seed: Input should be a valid integer (got '42')"),
+        ("train.precision", "float16", "train.precision: Input should be 'float32' or 'mixed_bfloat16'"),
         ("train.momentum", 0.9, "train.momentum: unknown key"),
         ("extra", 1, "extra: unknown key"),
     ],

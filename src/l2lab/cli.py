@@ -23,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--l1", help="comma-separated L1 lambdas")
     sweep.add_argument("--weight-decay", help="comma-separated decoupled weight decays")
     sweep.add_argument("--seeds", help="comma-separated seeds: every point runs once per seed")
-    sweep.add_argument("--jobs", "-j", type=int, default=1, help="parallel queue workers (default 1: see README)")
+    sweep.add_argument("--jobs", "-j", type=int, default=2,
+                       help="parallel queue workers (default 2: faster than 1 on 2 cores, see README)")
     sweep.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="params.yaml override for every point, as for dvc exp run -S")
     report = sub.add_parser("report", help="table, plots and champion of a sweep")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -58,6 +58,7 @@ class TrainParams(_Section):
     learning_rate: float = Field(gt=0.0, le=10.0)  # Adam step size
     batch_size: int = Field(ge=1, le=65_536)  # images per step
     epochs: int = Field(ge=1, le=10_000)
+    precision: Literal["float32", "mixed_bfloat16"]  # compute dtype; variables stay float32
 
 
 class Params(_Section):

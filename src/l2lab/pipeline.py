@@ -15,7 +15,7 @@ from l2lab.evaluate import evaluate, flat_metrics
 from l2lab.files import atomic_outputs, write_json
 from l2lab.params import Params
 from l2lab.plots import confusion_figure, write_confusion_pairs, write_history
-from l2lab.train import fit
+from l2lab.train import fit, input_pipelines
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ class EvalPaths:
 def train_stage(params: Params, paths: TrainPaths) -> str:
     """Train on train, validate on val each epoch, save the model; return the MLflow run id."""
     summary = json.loads(paths.data_summary.read_text())
-    train_xy = load_split(paths.data_dir / "train.npz")
     val_xy = load_split(paths.data_dir / "val.npz")
+    train, val = input_pipelines(params, load_split(paths.data_dir / "train.npz"), val_xy)
     with tracking.training_run(params, summary) as run_id:
-        model, history = fit(params, train_xy, val_xy, tracking.log_epoch)
+        model, history = fit(params, train, val, tracking.log_epoch)
         with atomic_outputs(paths.model, paths.run_info) as (model_tmp, info_tmp):
             model.save(model_tmp)
             tracking.log_model(model, example=val_xy[0][:2])

@@ -86,7 +86,7 @@ def sweep_figures(table, axis: str, curves: dict[str, list[float]]) -> dict[str,
         fig.tight_layout()
         figures[name] = fig
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, curve in sorted(curves.items()):
+    for label, curve in curves.items():  # in the table's order: by swept value
         ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_accuracy")

@@ -111,7 +111,8 @@ def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, 
     several_seeds = "seed" in table and table["seed"].nunique() > 1
     labels = {row["experiment"]: f"{axis}={row[axis]:g}" + (f" seed={row['seed']:g}" if several_seeds else "")
               for _, row in table.iterrows()}
-    for name, figure in sweep_figures(table, axis, {labels[k]: v for k, v in curves.items() if k in labels}).items():
+    ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
+    for name, figure in sweep_figures(table, axis, ordered).items():
         save_figure(figure, folder / name)
 
 
