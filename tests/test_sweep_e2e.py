@@ -154,3 +154,27 @@ def _wait_http(url: str, server: subprocess.Popen, timeout: float = 120) -> None
         except OSError:
             time.sleep(1)
     raise AssertionError(f"{url} did not answer")
+
+
+@pytest.mark.fault
+def test_four_workers_on_two_cores_all_land_once_and_the_database_stays_readable(project: Path) -> None:
+    run(project, "dvc", "exp", "run", "--queue", "-S", "train.l2=0,0.0001,0.001,0.01")
+    subprocess.run(["dvc", "queue", "start", "-j", "4"], cwd=project, env=env(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    reads, deadline = 0, time.monotonic() + 600
+    while time.monotonic() < deadline:  # what `mlflow ui` does while they run: read the store
+        if (project / "mlflow.db").exists():
+            c = client(project)
+            experiment = c.get_experiment_by_name(EXPERIMENT)
+            if experiment is not None:
+                c.search_runs([experiment.experiment_id])
+                reads += 1
+        status = run(project, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(1)
+    assert status.count("Success") == 4 and "Failed" not in status, status
+    assert reads > 0
+    finished = [r for r in runs(project) if r.info.status == "FINISHED"]
+    assert len(runs(project)) == 4
+    assert sorted(float(r.data.params["train.l2"]) for r in finished) == [0.0, 0.0001, 0.001, 0.01]
