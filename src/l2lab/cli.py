@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from l2lab.errors import L2labError
@@ -73,14 +72,7 @@ def print_report(report) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     commands = {"sweep": sweep_command, "report": report_command}
-    status = 0
-
-    def body() -> None:
-        nonlocal status
-        status = commands[args.command](args)
-
-    run_stage(body)
-    sys.exit(status)
+    run_stage(lambda: commands[args.command](args))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -47,14 +46,7 @@ def main() -> None:
     parser.add_argument("--per-batch", type=int, default=1000, help="images per training batch (5 batches)")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    status = 0
-
-    def body() -> None:
-        nonlocal status
-        status = run_demo(args.workdir, args.per_batch, args.epochs)
-
-    run_stage(body)
-    sys.exit(status)
+    run_stage(lambda: run_demo(args.workdir, args.per_batch, args.epochs))
 
 
 if __name__ == "__main__":

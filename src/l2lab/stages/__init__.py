@@ -26,8 +26,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def run_stage(body: Callable[[], object]) -> None:
-    """Run a stage body; a known failure becomes one 'error:' line and exit status 1.
+def run_stage(body: Callable[[], int | None]) -> None:
+    """Run a stage body and exit with its status (None: 0); a known failure is one 'error:' line and 1.
 
     Ctrl-C and SIGTERM unwind through the body (so MLflow runs end KILLED and no
     half-written output is left), then exit 130 or 143 as shells expect.
@@ -35,7 +35,7 @@ def run_stage(body: Callable[[], object]) -> None:
     setup_logging()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        body()
+        status = body()
     except L2labError as exc:
         log.error("error: %s", exc)
         sys.exit(1)
@@ -43,6 +43,7 @@ def run_stage(body: Callable[[], object]) -> None:
         terminated = isinstance(exc, Terminated)
         log.error("error: %s", "terminated (SIGTERM)" if terminated else "interrupted")
         sys.exit(143 if terminated else 130)
+    sys.exit(status or 0)
 
 
 def quiet_tensorflow() -> None:
