@@ -99,3 +99,44 @@ def test_retrying_gives_up_on_other_errors_at_once() -> None:
     with pytest.raises(ValueError):
         tracking.retrying(broken)
     assert calls == [1]
+
+
+def test_database_locked_too_long_is_reported_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.start_run(experiment_id=tracking.setup(tmp_path))
+    blocker = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(tracking.MlflowBusyError, match=r"still busy after 2 tries: .*database is locked"):
+            tracking.retrying(lambda: mlflow.log_metrics({"x": 1.0}), attempts=2, first_wait=0.1)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        mlflow.end_run()
+
+
+def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(
+    tmp_path: Path, small_archive: Path, small_archive_sha256: str
+) -> None:
+    project = clone_project(tmp_path / "repo")
+    set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
+               data__val_size=50, train__epochs=500)
+    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env(), text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    for line in proc.stderr:
+        if "epoch 2/500" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    proc.stderr.read()
+    assert proc.wait(timeout=120) != 0
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (killed,) = client.search_runs(["1"])
+    assert killed.info.status == "KILLED"
+    assert not (project / "models" / "model.keras").exists()
+    assert not [p for p in project.rglob(".*.tmp*")]
+
+    set_params(project, train__epochs=1)
+    run(project, "dvc", "repro")
+    statuses = sorted(r.info.status for r in client.search_runs(["1"]))
+    assert statuses == ["FINISHED", "KILLED"]
+    assert (project / "models" / "model.keras").exists()

@@ -153,12 +153,19 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5) 
         try:
             return call()
         except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
-            if attempt == attempts - 1 or not _transient(exc):
+            if not _transient(exc):
                 raise
+            if attempt == attempts - 1:
+                raise MlflowBusyError(f"MLflow store {mlflow.get_tracking_uri()} still busy after {attempts} tries: "
+                                      f"{str(exc).splitlines()[0][:200]}") from None
             wait = first_wait * 2**attempt
             log.warning("MLflow store busy (%s); retrying in %.1f s", str(exc).splitlines()[0][:120], wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
+
+
+class MlflowBusyError(L2labError):
+    """The tracking store stayed locked through every retry."""
 
 
 def _transient(exc: BaseException) -> bool:
