@@ -31,3 +31,16 @@ def test_tracking_uri_env_wins_else_repo_sqlite(monkeypatch: pytest.MonkeyPatch,
     assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_make_ui_listens_on_loopback_only() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "ui"], cwd=repo, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": ""})
+    command = [line for line in dry.stdout.splitlines() if "mlflow ui" in line]
+    assert command and "--host 127.0.0.1" in command[0] and "0.0.0.0" not in dry.stdout
