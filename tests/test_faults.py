@@ -32,6 +32,11 @@ def prepared(tmp_path: Path, small_archive: Path) -> Path:
     return work
 
 
+def like_a_terminal() -> None:
+    """Child setup: SIGINT at its default, as under a terminal (a shell's `cmd &` starts children ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_command(work: Path) -> list[str]:
     return [sys.executable, "-m", "l2lab.stages.train", "--params", str(work / "params.yaml"),
             "--data-dir", str(work / "data"), "--data-summary", str(work / "data.json"),
@@ -42,7 +47,8 @@ def train_command(work: Path) -> list[str]:
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_ends_the_run_killed_and_writes_nothing(prepared: Path, sig: int, code: int) -> None:
     proc = subprocess.Popen(train_command(prepared), cwd=prepared, text=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(prepared)))
+                            stderr=subprocess.PIPE, env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(prepared)),
+                            preexec_fn=like_a_terminal)
     lines = []
     for line in proc.stderr:  # wait until training is under way
         lines.append(line)
@@ -122,7 +128,7 @@ def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(
     set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
                data__val_size=50, train__epochs=500)
     proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env(), text=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=like_a_terminal)
     for line in proc.stderr:
         if "epoch 2/500" in line:
             break
