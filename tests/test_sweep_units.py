@@ -80,3 +80,21 @@ def test_champion_uses_mean_over_seeds_and_breaks_ties_on_val_loss() -> None:
 def test_markdown_table() -> None:
     text = markdown(pd.DataFrame({"a": [1.23456, 2.0], "b": ["x", "y"]}))
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x |", "| 2 | y |"]
+
+
+def test_parse_queue_status_reads_states_and_live_workers() -> None:
+    from l2lab.sweep import parse_queue_status
+
+    text = """Task     Name                           Created    Status
+c994faa  sweep-20261126-093541-l21e-2   09:35 AM   Running
+52d8eb8  faced-cook                     09:32 AM   Success
+96c6f26  rocky-coth                     09:21 AM   Failed
+8b6c28e  worst-tyke                     09:22 AM   Queued
+
+Worker status: 1 active, 2 idle
+"""
+    states, workers = parse_queue_status(text)
+    assert states == {"sweep-20261126-093541-l21e-2": "Running", "faced-cook": "Success",
+                      "rocky-coth": "Failed", "worst-tyke": "Queued"}
+    assert workers == 3
+    assert parse_queue_status("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle\n") == ({}, 0)

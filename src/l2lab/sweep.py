@@ -22,6 +22,7 @@ from l2lab.params import ParamsError, load_params, parse_params
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
+STALLED_POLLS = 6  # polls with no queue worker alive before a sweep gives up (workers take a moment to start)
 DONE = ("Success", "Failed")
 
 
@@ -119,14 +120,17 @@ def start_workers(jobs: int, cwd: Path) -> None:
             raise L2labError(f"dvc queue start -j {jobs} failed: {lines[-1]}")
 
 
-def queue_states(cwd: Path) -> dict[str, str]:
-    """Experiment name -> queue status (Queued, Running, Success, Failed) from `dvc queue status`."""
+def parse_queue_status(text: str) -> tuple[dict[str, str], int]:
+    """(experiment name -> Queued/Running/Success/Failed, live workers) from `dvc queue status` output."""
     states = {}
-    for line in dvc("queue", "status", cwd=cwd).stdout.splitlines():
+    workers = 0
+    for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 4 and re.fullmatch(r"[0-9a-f]{7,}", fields[0]):
             states[fields[1]] = fields[-1]
-    return states
+        elif match := re.search(r"Worker status: (\d+) active, (\d+) idle", line):
+            workers = int(match.group(1)) + int(match.group(2))
+    return states, workers
 
 
 def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None]) -> dict[str, str]:
@@ -134,8 +138,14 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None]) ->
     names = [p.name for p in points]
     seen: dict[str, str] = {}
     last_line = ""
+    idle_polls = 0  # consecutive polls with points left and no worker alive
     while len(seen) < len(names):
-        states = queue_states(cwd)
+        states, workers = parse_queue_status(dvc("queue", "status", cwd=cwd).stdout)
+        idle_polls = idle_polls + 1 if workers == 0 and len(seen) < len(names) else 0
+        if idle_polls > STALLED_POLLS:
+            left = [n for n in names if n not in seen]
+            raise L2labError(f"the DVC queue has no workers left but {len(left)} point(s) are not done "
+                             f"({', '.join(left)}); run `dvc queue start`, then `l2lab report`")
         for name in names:
             status = states.get(name)
             if name not in seen and status in DONE:
