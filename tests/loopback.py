@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ class Route:
     drops: int = 0  # ...this many times
     stall: float = 0.0  # seconds to sit silent before answering
     requests: list[dict[str, str]] = field(default_factory=list)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (right now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class LoopbackServer:

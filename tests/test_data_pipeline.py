@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import PER_BATCH, TEST_SIZE
-from loopback import LoopbackServer, Route
+from loopback import LoopbackServer, Route, free_port
 from project import clone_project, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -65,9 +64,7 @@ def test_wrong_checksum_fails_clearly_and_leaves_no_archive(
 
 @pytest.mark.fault
 def test_unreachable_url_fails_fast_naming_it(project: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"
     set_params(project, data__url=url)
     proc = run(project, "dvc", "repro", "download", check=False, timeout=60)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from l2lab.download import DownloadError, Retry, fetch, local_path
-from loopback import LoopbackServer, Route
+from loopback import LoopbackServer, Route, free_port
 
 BODY = bytes(range(256)) * 4096  # 1 MiB of known bytes
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -94,9 +93,7 @@ def test_http_503_is_retried_then_reported(server: LoopbackServer, tmp_path: Pat
 
 @pytest.mark.fault
 def test_refused_connection_fails_fast(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/x.tar.gz"
     started = time.monotonic()
     with pytest.raises(DownloadError, match=rf"cannot fetch {url}: connection refused; .*data.url=file://"):

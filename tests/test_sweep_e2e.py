@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from l2lab.tracking import CHAMPION_ALIAS, EXPERIMENT, REGISTERED_MODEL
+from loopback import free_port
 from project import clone_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -77,12 +77,6 @@ def _experiments(rev: dict) -> list[dict]:
 def _metric(exp: dict, key: str) -> object:
     metrics = exp["data"]["metrics"]
     return metrics["reports/metrics.json"]["data"][key]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:

@@ -28,12 +28,12 @@ def parser() -> argparse.ArgumentParser:
                        help="params.yaml override for every point, as for dvc exp run -S")
     report = sub.add_parser("report", help="table, plots and champion of a sweep")
     report.add_argument("--sweep", help="sweep id (default: the latest)")
-    report.add_argument("--out", type=Path, default=Path("reports/sweep"), help="folder for the report files")
+    report.add_argument("--out", type=Path, default=None, help="folder for the report files (default reports/sweep)")
     return top
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from l2lab.report import make_report
+    from l2lab.report import REPORT_DIR, make_report
     from l2lab.sweep import parse_sets, parse_values, run_sweep
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
@@ -43,7 +43,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
     sweep_id, results = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd())
-    report = make_report(sweep_id, Path("reports/sweep"))
+    report = make_report(sweep_id, REPORT_DIR)
     print_report(report)
     failed = sorted(name for name, status in results.items() if status != "Success")
     if failed:
@@ -54,9 +54,9 @@ def sweep_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from l2lab.report import make_report
+    from l2lab.report import REPORT_DIR, make_report
 
-    print_report(make_report(args.sweep, args.out))
+    print_report(make_report(args.sweep, args.out or REPORT_DIR))
     return 0
 
 

@@ -59,7 +59,7 @@ def _pyplot():
 def _lambda_axis(ax, values) -> None:
     """Log scale that still shows lambda = 0: linear below the smallest non-zero value."""
     positive = [v for v in values if v > 0]
-    if positive and min(positive) > 0:
+    if positive:
         ax.set_xscale("symlog", linthresh=min(positive))
 
 

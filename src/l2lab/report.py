@@ -16,6 +16,7 @@ from l2lab.plots import save_figure, sweep_figures
 
 log = logging.getLogger(__name__)
 
+REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/
 AXES = ("train.l2", "train.l1", "train.weight_decay", "seed")  # what a sweep may vary
 COLUMNS = {  # report column -> MLflow metric
     "val_accuracy": "val_accuracy",

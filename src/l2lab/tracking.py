@@ -236,15 +236,20 @@ def _sweep_note(axes: dict[str, list[str]], fixed: dict[str, str]) -> str:
     return f"Sweep over {grid}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
 
 
-def adopt_child(parent_id: str, sweep_id: str, exp_name: str) -> str | None:
-    """Nest the run named exp_name under the sweep's parent run; return its id (None if it never started)."""
+def _search(filter_string: str, **kwargs: Any) -> list:
+    """Runs of the cifar10-l2 experiment matching an MLflow filter string."""
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{exp_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    return client.search_runs([experiment.experiment_id], filter_string=filter_string, **kwargs)
+
+
+def adopt_child(parent_id: str, sweep_id: str, exp_name: str) -> str | None:
+    """Nest the run named exp_name under the sweep's parent run; return its id (None if it never started)."""
+    runs = _search(f"tags.`dvc.exp_name` = '{exp_name}'", order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return None
     run_id = runs[0].info.run_id
+    client = mlflow.MlflowClient()
     client.set_tag(run_id, "mlflow.parentRunId", parent_id)
     client.set_tag(run_id, SWEEP_TAG, sweep_id)
     return run_id
@@ -257,10 +262,7 @@ CHAMPION_ALIAS = "champion"
 def latest_sweep() -> tuple[str, str]:
     """(sweep id, parent run id) of the most recent sweep."""
     setup()
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = _search(f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise L2labError(f"no sweep found in {mlflow.get_tracking_uri()}; run `l2lab sweep` first")
     return runs[0].data.tags[SWEEP_TAG], runs[0].info.run_id
@@ -269,10 +271,7 @@ def latest_sweep() -> tuple[str, str]:
 def sweep_parent_id(sweep_id: str) -> str:
     """The parent run id of a sweep."""
     setup()
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_id}'")
+    runs = _search(f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_id}'")
     if not runs:
         raise L2labError(f"no sweep {sweep_id!r} in {mlflow.get_tracking_uri()}")
     return runs[0].info.run_id
@@ -281,8 +280,7 @@ def sweep_parent_id(sweep_id: str) -> str:
 def sweep_runs(parent_id: str) -> list[dict[str, Any]]:
     """The sweep's child runs as plain dicts: run_id, name, status, params, metrics, val_curve."""
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    runs = _search(f"tags.`mlflow.parentRunId` = '{parent_id}'")
     return [
         {
             "run_id": r.info.run_id,
