@@ -20,6 +20,7 @@ from l2lab.params import Params, TrainParams
 log = logging.getLogger(__name__)
 
 EpochSink = Callable[[int, dict[str, float]], None]  # (epoch, metrics) -> None
+PREFETCH = 2  # batches gathered ahead of the one training uses
 VAL_BATCH = 256  # images per validation step: results do not depend on it; 1024 cost 240 MB more peak memory
 
 
@@ -41,17 +42,18 @@ class Batches:
     steps: int
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None) -> Batches:
-    """One pass over (x, y) in order, or, when seed is given, endless seeded passes, each reshuffled.
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None, passes: int = 1) -> Batches:
+    """`passes` passes over (x, y), each reshuffled (seeded) when seed is given, else in order.
 
     The pipeline shuffles indices and gathers a whole batch from the numpy arrays at
     once: its cost is per batch, not per image (on 2 cores every cycle it takes is
     one training does not get), and the images are never copied into a tensor, so
     the stage holds one 138 MB copy of CIFAR-10's training split, not two.
 
-    The training dataset never ends: Keras then keeps one iterator for the whole run
-    (fit is given steps_per_epoch) instead of building a new one each epoch, which
-    stalled some epochs by 3-5 s here (a third of a CIFAR-10 epoch).
+    Training reads all its epochs from one dataset (fit is given steps_per_epoch): Keras
+    then keeps one iterator for the whole run instead of building a new one each epoch,
+    which stalled some epochs by 3-5 s here (a third of a CIFAR-10 epoch). It ends
+    exactly after the last epoch, so no gather is in flight when the iterator goes.
     """
     labels = y.astype(np.int64, copy=False)
 
@@ -65,11 +67,13 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None) -> 
     order = tf.data.Dataset.range(len(x))
     if seed is not None:
         order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    order = order.batch(batch_size)  # the last batch of a pass may be smaller
-    if seed is not None:
-        order = order.repeat()
+    order = order.batch(batch_size).repeat(passes)  # the last batch of each pass may be smaller
     steps = math.ceil(len(x) / batch_size)
-    return Batches(order.map(load).prefetch(tf.data.AUTOTUNE), steps)
+    # No autotuning: its background thread made every training run wait 15-20 s here when
+    # the iterator was freed (after the last epoch), and a fixed 2-batch prefetch keeps up.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return Batches(order.map(load).prefetch(PREFETCH).with_options(options), steps)
 
 
 class EpochReport(keras.callbacks.Callback):
@@ -114,8 +118,8 @@ def epoch_metrics(model: keras.Model, train: TrainParams, logs: dict) -> dict[st
 def input_pipelines(params: Params, train_xy: tuple[np.ndarray, np.ndarray],
                     val_xy: tuple[np.ndarray, np.ndarray]) -> tuple[Batches, Batches]:
     """(train, val) batches reading from the arrays given (no copies)."""
-    train = batches(*train_xy, params.train.batch_size, seed=params.seed)
-    return train, batches(*val_xy, batch_size=VAL_BATCH, seed=None)
+    train = batches(*train_xy, params.train.batch_size, seed=params.seed, passes=params.train.epochs)
+    return train, batches(*val_xy, VAL_BATCH)
 
 
 def fit(params: Params, train: Batches, val: Batches, sink: EpochSink) -> tuple[keras.Model, dict[str, list[float]]]:
