@@ -13,6 +13,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# Environments made before the switch to tensorflow-cpu: the two must not share a venv.
+	if [ "$$(uname -sm)" = "Linux x86_64" ] && $(BIN)/python -m pip show --quiet tensorflow >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip uninstall --quiet --yes tensorflow; fi
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

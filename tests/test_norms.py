@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from l2lab.evaluate import accuracy, cross_entropy, flat_metrics
+from l2lab.evaluate import accuracy, confusion_matrix, cross_entropy, flat_metrics
 from l2lab.norms import l1_penalty, l2_penalty, sparsity, weight_norms
 
 KS = {"a": np.array([[3.0, 4.0]]), "b": np.array([0.0, 1e-4, -2e-3, 12.0])}
@@ -39,3 +39,14 @@ def test_cross_entropy_and_accuracy() -> None:
 def test_flat_metrics_nests_with_dots_and_skips_strings() -> None:
     flat = flat_metrics({"test_accuracy": 0.5, "weight_norm": {"conv1": 1.0, "total": 2.0}, "id": "x"})
     assert flat == {"test_accuracy": 0.5, "weight_norm.conv1": 1.0, "weight_norm.total": 2.0}
+
+
+def test_confusion_matrix_counts_rows_actual_columns_predicted() -> None:
+    actual = np.array([0, 0, 1, 2, 2, 2])
+    predicted = np.array([0, 1, 1, 2, 0, 2])
+    expected = np.zeros((4, 4), dtype=np.int64)
+    for a, p in zip(actual, predicted):
+        expected[a, p] += 1
+    got = confusion_matrix(actual, predicted, 4)
+    np.testing.assert_array_equal(got, expected)
+    assert got.shape == (4, 4) and got[3].sum() == 0 and got.sum() == len(actual)

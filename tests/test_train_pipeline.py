@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import pytest
+import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from l2lab.tracking import EXPERIMENT
@@ -86,6 +89,10 @@ def test_logged_model_loads_with_pyfunc_and_predicts(trained: Path) -> None:
     probs = np.asarray(model.predict(x))
     assert probs.shape == (8, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    # The stated requirements (not inferred) pin the versions that trained it.
+    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/requirements.txt")).read_text()
+    assert f"tensorflow=={tf.__version__}" in requirements.splitlines()
+    assert f"keras=={keras.__version__}" in requirements.splitlines()
 
 
 def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> None:

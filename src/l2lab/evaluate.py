@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
 
 from l2lab.norms import kernels, sparsity, weight_norms
 
@@ -28,6 +27,12 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == y))
 
 
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """(classes, classes) counts, rows = actual class, columns = predicted class."""
+    pairs = actual.astype(np.int64) * classes + predicted.astype(np.int64)
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, Any]  # scalars, and dicts of scalars per layer or class
@@ -40,7 +45,7 @@ def evaluate(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], class
     probs = {name: predict(model, x) for name, (x, _) in splits.items()}
     y_test = splits["test"][1]
     test_pred = probs["test"].argmax(axis=1)
-    confusion = confusion_matrix(y_test, test_pred, labels=range(len(classes)))
+    confusion = confusion_matrix(y_test, test_pred, len(classes))
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     ks = kernels(model)
     metrics: dict[str, Any] = {
