@@ -86,17 +86,21 @@ def _git_commit(cwd: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def run_tags(data_summary: dict[str, Any]) -> dict[str, str]:
-    """Tags that say where a run came from: code, experiment, data, library versions."""
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries a trained model depends on, by package name."""
     import keras
     import tensorflow as tf
 
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def run_tags(data_summary: dict[str, Any]) -> dict[str, str]:
+    """Tags that say where a run came from: code, experiment, data, library versions."""
     tags = {
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "data.sha256": data_summary.get("source_sha256", ""),
         "data.dataset": data_summary.get("dataset", ""),
-        "tensorflow.version": tf.__version__,
-        "keras.version": keras.__version__,
+        **{f"{name}.version": version for name, version in library_versions().items()},
     }
     commit = _git_commit(Path.cwd())
     if commit:
@@ -188,13 +192,10 @@ def log_model(model: Any, example: np.ndarray) -> None:
     import mlflow.tensorflow
     from mlflow.models import infer_signature
 
-    import keras
-    import tensorflow as tf
-
     signature = infer_signature(example, model.predict(example, verbose=0))
     # Stated, not inferred: MLflow infers them by loading the model in a subprocess,
     # a second TensorFlow import that cost every run about 5 s here.
-    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    requirements = [f"{name}=={version}" for name, version in library_versions().items()]
     info = mlflow.tensorflow.log_model(model, name="model", signature=signature, pip_requirements=requirements)
     mlflow.set_tag(MODEL_URI_TAG, info.model_uri)  # models:/<id>, what the registry wants
     with tempfile.TemporaryDirectory() as tmp:
