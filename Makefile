@@ -13,9 +13,6 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# Environments made before the switch to tensorflow-cpu: the two must not share a venv.
-	if [ "$$(uname -sm)" = "Linux x86_64" ] && $(BIN)/python -m pip show --quiet tensorflow >/dev/null 2>&1; then \
-	  $(BIN)/python -m pip uninstall --quiet --yes tensorflow; fi
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -38,7 +35,7 @@ demo: $(STAMP)
 # The MLflow UI for this repo's runs, on loopback only (see README to expose it safely).
 UI_PORT ?= 5000
 ui: $(STAMP)
-	$(RUN) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port $(UI_PORT)
+	$(RUN) l2lab ui --port $(UI_PORT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -96,19 +96,19 @@ def seed_side(epochs: int, images: int | None) -> dict:
 
 
 def ours_side(epochs: int, images: int | None, precision: str = "float32") -> dict:
-    """l2lab's train stage training function (train.fit) on uint8 splits."""
+    """l2lab's training loop (fit.fit) on uint8 splits."""
     sys.path.insert(0, str(REPO / "src"))
     from l2lab.params import load_params, parse_params
-    from l2lab.train import fit, input_pipelines
+    from l2lab.fit import fit, input_pipelines
 
     raw = load_params(REPO / "params.yaml").model_dump()
     raw["train"].update(l2=L2, batch_size=BATCH, epochs=epochs, precision=precision)
     params = parse_params(raw)
     xt, yt, xv, yv, source = load_arrays(images)
     count = len(xt)
-    train, val = input_pipelines(params, (xt, yt), (xv, yv))
+    train, val = input_pipelines(params.train, (xt, yt), (xv, yv))
     seconds: list[float] = []
-    model, _ = fit(params, train, val, lambda step, m: seconds.append(m["epoch_seconds"]))
+    model, _ = fit(params.train, train, val, lambda step, m: seconds.append(m["epoch_seconds"]))
     return {"epoch_seconds": seconds, "images": count, "source": source, "params": model.count_params()}
 
 

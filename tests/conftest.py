@@ -26,6 +26,12 @@ def small_archive_sha256(small_archive: Path) -> str:
     return hashlib.sha256(small_archive.read_bytes()).hexdigest()
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ: undo it after each test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def server() -> LoopbackServer:
     with LoopbackServer() as srv:

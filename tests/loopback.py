@@ -18,6 +18,8 @@ class Route:
     drop_after: int | None = None  # close the connection after this many body bytes...
     drops: int = 0  # ...this many times
     stall: float = 0.0  # seconds to sit silent before answering
+    auth: str | None = None  # the Authorization header required (401 without it)
+    redirect: str | None = None  # answer 302 with this Location
     requests: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -68,6 +70,15 @@ class LoopbackServer:
                 route.requests.append(dict(self.headers))
                 if route.stall:
                     time.sleep(route.stall)
+                    return
+                if route.redirect is not None:
+                    self.send_response(302)
+                    self.send_header("Location", route.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if route.auth is not None and self.headers.get("Authorization") != route.auth:
+                    self.send_error(401)
                     return
                 if route.status != 200:
                     self.send_error(route.status)

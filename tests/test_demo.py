@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from l2lab.tracking import DEMO_NOTE, EXPERIMENT
+from l2lab.tracking.runs import DEMO_NOTE
+from l2lab.tracking.store import EXPERIMENT
 from project import clone_project, run
 
 pytestmark = pytest.mark.e2e

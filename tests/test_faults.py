@@ -11,11 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from l2lab import tracking
+from l2lab.tracking.runs import Run
+from l2lab.tracking.store import MlflowBusyError, connect, retrying
 from l2lab.preprocess import preprocess
 from project import REPO, clone_project, env, run, set_params
 
@@ -28,7 +28,7 @@ def prepared(tmp_path: Path, small_archive: Path) -> Path:
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)
     (work / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("epochs: 10", "epochs: 500"))
-    preprocess(small_archive, work / "data", work / "data.json", val_size=50, seed=42)
+    preprocess(small_archive, work / "data", work / "data.json", val_size=50, split_seed=42)
     return work
 
 
@@ -78,21 +78,18 @@ def test_diverging_run_fails_clearly(tmp_path: Path, small_archive: Path, small_
 
 def test_busy_database_is_retried_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracking.setup(tmp_path)
-    run_id = mlflow.start_run(experiment_id=tracking.setup(tmp_path)).info.run_id
-    try:
-        blocker = sqlite3.connect(tmp_path / "mlflow.db", timeout=0, check_same_thread=False)
-        blocker.execute("BEGIN EXCLUSIVE")  # nobody else may read or write now
-        release = threading.Timer(7.0, blocker.rollback)  # longer than SQLite's 5 s busy wait
-        release.start()
-        started = time.monotonic()
-        tracking.log_final({"test_accuracy": 0.5})
-        assert time.monotonic() - started >= 5
-        release.join()
-        blocker.close()
-    finally:
-        mlflow.end_run()
-    assert MlflowClient().get_run(run_id).data.metrics["test_accuracy"] == 0.5
+    store = connect(tmp_path)
+    run_id = store.client.create_run(store.experiment_id).info.run_id
+    blocker = sqlite3.connect(tmp_path / "mlflow.db", timeout=0, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")  # nobody else may read or write now
+    release = threading.Timer(7.0, blocker.rollback)  # longer than SQLite's 5 s busy wait
+    release.start()
+    started = time.monotonic()
+    Run(store, run_id).log_metrics({"test_accuracy": 0.5})
+    assert time.monotonic() - started >= 5
+    release.join()
+    blocker.close()
+    assert store.client.get_run(run_id).data.metrics["test_accuracy"] == 0.5
 
 
 def test_retrying_gives_up_on_other_errors_at_once() -> None:
@@ -103,22 +100,22 @@ def test_retrying_gives_up_on_other_errors_at_once() -> None:
         raise ValueError("not a database problem")
 
     with pytest.raises(ValueError):
-        tracking.retrying(broken)
+        retrying(broken)
     assert calls == [1]
 
 
 def test_database_locked_too_long_is_reported_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.start_run(experiment_id=tracking.setup(tmp_path))
+    store = connect(tmp_path)
+    run_id = store.client.create_run(store.experiment_id).info.run_id
     blocker = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(tracking.MlflowBusyError, match=r"still busy after 2 tries: .*database is locked"):
-            tracking.retrying(lambda: mlflow.log_metrics({"x": 1.0}), attempts=2, first_wait=0.1)
+        with pytest.raises(MlflowBusyError, match=r"still busy after 2 tries: .*database is locked"):
+            retrying(lambda: store.client.log_metric(run_id, "x", 1.0), attempts=2, first_wait=0.1)
     finally:
         blocker.rollback()
         blocker.close()
-        mlflow.end_run()
 
 
 def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(
@@ -146,3 +143,65 @@ def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(
     statuses = sorted(r.info.status for r in client.search_runs(["1"]))
     assert statuses == ["FINISHED", "KILLED"]
     assert (project / "models" / "model.keras").exists()
+
+
+def test_kill_9_leaves_no_run_running_for_long(prepared: Path) -> None:
+    """SIGKILL cannot be caught: the run stays RUNNING until l2lab notices its process is gone."""
+    from l2lab.tracking.owners import end_stale_runs
+
+    proc = subprocess.Popen(train_command(prepared), cwd=prepared, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(prepared)))
+    for line in proc.stderr:
+        if "epoch 2/500" in line:
+            break
+    store = connect(prepared)
+    (running,) = store.client.search_runs([store.experiment_id])
+    assert running.info.status == "RUNNING" and running.data.tags["l2lab.pid"] == str(proc.pid)
+    assert end_stale_runs(store) == []  # alive: left alone
+    proc.kill()  # kill -9
+    proc.wait(timeout=60)
+    assert store.client.get_run(running.info.run_id).info.status == "RUNNING"  # nothing could end it
+    gc = run(prepared, sys.executable, "-m", "l2lab.cli", "gc", PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(prepared))
+    assert f"MLflow run {running.info.run_id}" in gc.stderr and "is gone (killed?): ended KILLED" in gc.stderr
+    assert "1 stale run(s) ended KILLED" in gc.stderr
+    after = store.client.get_run(running.info.run_id)
+    assert after.info.status == "KILLED" and after.data.tags["l2lab.ended_by"] == "l2lab: its process was gone"
+    assert "0 stale run(s)" in run(prepared, sys.executable, "-m", "l2lab.cli", "gc", PYTHONPATH=str(REPO / "src"),
+                                   DVC_ROOT=str(prepared)).stderr
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_alive() -> None:
+    from l2lab.tracking.owners import owner_tags, process_gone
+
+    mine = owner_tags()
+    assert not process_gone(mine)  # this very process
+    assert process_gone({**mine, "l2lab.pid_started": "1.00"})  # same pid, another process's start time
+    assert not process_gone({**mine, "l2lab.host": "another-machine"})  # not ours to judge
+    assert not process_gone({})  # a run from before owners were recorded
+
+
+@pytest.fixture
+def full_artifacts(prepared: Path) -> Path:
+    """prepared, with mlartifacts/ on a 1 MB filesystem: logging the 3.8 MB model fills it."""
+    target = prepared / "mlartifacts"
+    target.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield prepared
+    subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_a_full_disk_while_logging_the_model_is_one_line_and_leaves_nothing_half_written(full_artifacts: Path) -> None:
+    work = full_artifacts
+    (work / "params.yaml").write_text((work / "params.yaml").read_text().replace("epochs: 500", "epochs: 1"))
+    proc = subprocess.run(train_command(work), cwd=work, capture_output=True, text=True,
+                          env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(work)), timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "no space left on the device holding" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    (only,) = MlflowClient(f"sqlite:///{work / 'mlflow.db'}").search_runs(["1"])
+    assert only.info.status == "FAILED"
+    assert not list((work / "mlartifacts").rglob("MLmodel")) and not list((work / "mlartifacts").rglob("*.keras"))
+    assert not (work / "models" / "model.keras").exists() and not list(work.rglob(".*.tmp*"))

@@ -1,12 +1,15 @@
-"""Norms, penalties and sparsity against hand-computed values."""
+"""Norms, sparsity and scores against hand-computed values."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from l2lab.evaluate import accuracy, confusion_matrix, cross_entropy, flat_metrics
-from l2lab.norms import l1_penalty, l2_penalty, sparsity, weight_norms
+from l2lab.norms import sparsity, weight_norms
+from l2lab.params import flatten
+from l2lab.scores import evaluate
 
 KS = {"a": np.array([[3.0, 4.0]]), "b": np.array([0.0, 1e-4, -2e-3, 12.0])}
 
@@ -18,35 +21,52 @@ def test_weight_norms_per_layer_and_total() -> None:
     assert norms["total"] == pytest.approx(np.sqrt(25.0 + 1e-8 + 4e-6 + 144.0))
 
 
-def test_penalties() -> None:
-    assert l2_penalty(KS, 0.5) == pytest.approx(0.5 * (25.0 + 1e-8 + 4e-6 + 144.0))
-    assert l1_penalty(KS, 0.1) == pytest.approx(0.1 * (7.0 + 1e-4 + 2e-3 + 12.0))
-    assert l2_penalty(KS, 0.0) == 0.0
-
-
 def test_sparsity_counts_weights_below_threshold() -> None:
     s = sparsity(KS)  # |w| < 1e-3: 0.0 and 1e-4 in "b"; -2e-3 is not
     assert s == {"a": 0.0, "b": 0.5, "total": pytest.approx(2 / 6)}
 
 
-def test_cross_entropy_and_accuracy() -> None:
-    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
-    y = np.array([0, 1, 1])
-    assert cross_entropy(probs, y) == pytest.approx(-np.mean(np.log([0.7, 0.8, 0.4])))
-    assert accuracy(probs, y) == pytest.approx(2 / 3)
+def test_flatten_nests_with_dots() -> None:
+    flat = flatten({"test_accuracy": 0.5, "weight_norm": {"conv1": 1.0, "total": 2.0}, "id": "x"})
+    assert flat == {"test_accuracy": 0.5, "weight_norm.conv1": 1.0, "weight_norm.total": 2.0, "id": "x"}
 
 
-def test_flat_metrics_nests_with_dots_and_skips_strings() -> None:
-    flat = flat_metrics({"test_accuracy": 0.5, "weight_norm": {"conv1": 1.0, "total": 2.0}, "id": "x"})
-    assert flat == {"test_accuracy": 0.5, "weight_norm.conv1": 1.0, "weight_norm.total": 2.0}
+class Fixed:
+    """A stand-in model whose predictions are given: scoring is tested apart from training."""
+
+    def __init__(self, probs: dict[int, np.ndarray]) -> None:
+        self.probs = probs
+        self.layers = [SimpleNamespace(name="k", kernel=np.array([[0.0, 3.0], [4.0, 0.0]]))]
+
+    def predict(self, x: np.ndarray, batch_size: int, verbose: int) -> np.ndarray:
+        return self.probs[len(x)]
 
 
-def test_confusion_matrix_counts_rows_actual_columns_predicted() -> None:
-    actual = np.array([0, 0, 1, 2, 2, 2])
-    predicted = np.array([0, 1, 1, 2, 0, 2])
+def test_scores_against_hand_counts() -> None:
+    classes = ["a", "b", "c", "d"]
+    y_test = np.array([0, 0, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 2, 0, 2])
+    probs = np.full((6, 4), 0.1)
+    probs[np.arange(6), pred] = 0.7
+    train_probs = np.eye(4)[[0, 1, 2, 3, 0]] * 0.6 + 0.1  # 5 images, all right
+    y_train = np.array([0, 1, 2, 3, 1])  # the last one wrong: 4/5
+    val_probs = np.eye(4)[[3, 3, 3]] * 0.6 + 0.1
+    y_val = np.array([3, 0, 0])  # 1/3
+    splits = {"train": (np.zeros((5, 1)), y_train), "val": (np.zeros((3, 1)), y_val), "test": (np.zeros((6, 1)), y_test)}
+    result = evaluate(Fixed({5: train_probs, 3: val_probs, 6: probs}), splits, classes)
+    m = result.metrics
+    assert m["test_accuracy"] == pytest.approx(4 / 6) and m["train_accuracy"] == pytest.approx(4 / 5)
+    assert m["val_accuracy"] == pytest.approx(1 / 3)
+    assert m["generalization_gap"] == pytest.approx(4 / 5 - 4 / 6)
+    assert m["test_loss"] == pytest.approx(-np.mean(np.log(np.where(pred == y_test, 0.7, 0.1))))
     expected = np.zeros((4, 4), dtype=np.int64)
-    for a, p in zip(actual, predicted):
+    for a, p in zip(y_test, pred):
         expected[a, p] += 1
-    got = confusion_matrix(actual, predicted, 4)
-    np.testing.assert_array_equal(got, expected)
-    assert got.shape == (4, 4) and got[3].sum() == 0 and got.sum() == len(actual)
+    np.testing.assert_array_equal(result.confusion, expected)  # rows actual, columns predicted; "d" never seen
+    rows = {row["class"]: row for row in result.per_class}
+    assert list(rows) == classes
+    assert rows["a"]["recall"] == pytest.approx(1 / 2) and rows["a"]["precision"] == pytest.approx(1 / 2)
+    assert rows["c"]["recall"] == pytest.approx(2 / 3) and rows["c"]["precision"] == pytest.approx(1.0)
+    assert rows["c"]["f1-score"] == pytest.approx(0.8) and rows["c"]["support"] == 3
+    assert rows["d"]["support"] == 0 and rows["d"]["recall"] == 0.0
+    assert m["weight_norm"] == {"k": 5.0, "total": 5.0} and m["sparsity"] == {"k": 0.5, "total": 0.5}

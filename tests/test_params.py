@@ -6,8 +6,9 @@ import copy
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from l2lab.params import Params, ParamsError, load_params, parse_params
+from l2lab.params import ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,9 +20,11 @@ def raw() -> dict:
 
 def test_repo_params_load_and_flatten(raw: dict) -> None:
     flat = parse_params(raw).flat()
-    assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000 and flat["seed"] == 42
-    assert set(flat) == {"seed", "data.url", "data.sha256", "data.val_size", "train.l2", "train.l1",
-                         "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs", "train.precision"}
+    assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000
+    assert flat["train.seed"] == 42 and flat["data.split_seed"] == 42
+    assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "train.seed", "train.l2",
+                         "train.l1", "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs",
+                         "train.precision"}
 
 
 def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
@@ -52,7 +55,10 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("data.sha256", "abc123", "data.sha256: must be 64 hex digits"),
         ("data.sha256", "g" * 64, "data.sha256: must be 64 hex digits"),
         ("data.sha256", 0, "data.sha256: must be a string of 64 hex digits; quote it in params.yaml (got 0)"),
-        ("seed", "42", "seed: Input should be a valid integer (got '42')"),
+        ("train.seed", "42", "train.seed: Input should be a valid integer (got '42')"),
+        ("train.seed", -1, "train.seed: Input should be greater than or equal to 0 (got -1)"),
+        ("data.split_seed", 1.5, "data.split_seed: Input should be a valid integer (got 1.5)"),
+        ("seed", 42, "seed: unknown key"),  # the old top-level seed is now data.split_seed and train.seed
         ("train.precision", "float16", "train.precision: Input should be 'float32' or 'mixed_bfloat16'"),
         ("train.momentum", 0.9, "train.momentum: unknown key"),
         ("extra", 1, "extra: unknown key"),
@@ -91,6 +97,6 @@ def test_unreadable_or_malformed_file(tmp_path: Path) -> None:
 
 def test_params_are_frozen(raw: dict) -> None:
     params = parse_params(raw)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen_instance"):
         params.train.l2 = 1.0  # type: ignore[misc]
-    assert isinstance(params, Params)
+    assert params.train.l2 == 0.001

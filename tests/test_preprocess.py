@@ -11,15 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2lab.archive import ArchiveError, UnsafePickleError, load_pickle, read_batches
+from l2lab.archive import MAX_MEMBER_BYTES, ArchiveError, UnsafePickleError, load_pickle, read_batches
 from l2lab.data import load_split, stratified_split
+from l2lab.errors import L2labError
 from l2lab.preprocess import preprocess
 from l2lab.synthetic import CLASSES, batch_payload, cifar_members, py2_pickle, write_tar_gz
 from conftest import PER_BATCH, TEST_SIZE
 
 
 def run(archive: Path, out: Path, val_size: int = 50) -> dict:
-    return preprocess(archive, out / "processed", out / "data.json", val_size, seed=42)
+    return preprocess(archive, out / "processed", out / "data.json", val_size, split_seed=42)
 
 
 def test_splits_shapes_counts_and_summary(small_archive: Path, small_archive_sha256: str, tmp_path: Path) -> None:
@@ -176,5 +177,52 @@ def test_split_rounding_still_sums_to_val_size() -> None:
 
 @pytest.mark.fault
 def test_val_size_larger_than_the_archive_is_refused(small_archive: Path, tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="data.val_size: 300 leaves no training images"):
+    with pytest.raises(L2labError, match="data.val_size: 300 leaves no training images"):
         run(small_archive, tmp_path, val_size=5 * PER_BATCH)
+
+
+def _bomb(path: Path, declared: int, sent: int) -> Path:
+    """A gzip of a tar whose data_batch_1 header declares `declared` bytes, followed by `sent` zero bytes."""
+    import gzip
+
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.size = declared
+    with gzip.open(path, "wb", compresslevel=9) as gz:
+        gz.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        for _ in range(sent // 2**20):
+            gz.write(bytes(2**20))
+    return path
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("declared", [6 * 2**30, MAX_MEMBER_BYTES + 1])
+def test_a_decompression_bomb_is_refused_before_it_is_read(tmp_path: Path, declared: int) -> None:
+    import tracemalloc
+
+    archive = _bomb(tmp_path / "bomb.tar.gz", declared, sent=80 * 2**20)  # 80 MB of zeros: ~80 KB on disk
+    assert archive.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArchiveError, match=f"refusing archive member 'cifar-10-batches-py/data_batch_1': it declares {declared:,} bytes"):
+            read_batches(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # refused from its header: nothing of it was read into memory
+
+
+@pytest.mark.fault
+def test_val_size_below_the_number_of_classes_is_one_clear_error(small_archive: Path, tmp_path: Path) -> None:
+    with pytest.raises(L2labError, match=r"^data.val_size: cannot split 300 images into 295 train and 5 val with "
+                                         r"every class in both: The test_size = 5 should be greater or equal"):
+        run(small_archive, tmp_path, val_size=5)
+
+
+@pytest.mark.fault
+def test_a_val_size_that_leaves_few_training_images_is_warned_about(small_archive: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    run(small_archive, tmp_path, val_size=280)
+    assert "data.val_size = 280 leaves 20 training images (2 in the smallest class)" in caplog.text
+    caplog.clear()
+    run(small_archive, tmp_path / "b", val_size=50)
+    assert "leaves" not in caplog.text

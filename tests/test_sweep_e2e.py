@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.request
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from l2lab.tracking import CHAMPION_ALIAS, EXPERIMENT, REGISTERED_MODEL
+from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
+from l2lab.tracking.store import EXPERIMENT
 from loopback import free_port
 from project import clone_project, env, run, set_params
 
@@ -79,20 +81,49 @@ def _metric(exp: dict, key: str) -> object:
     return metrics["reports/metrics.json"]["data"][key]
 
 
+def watch_nesting(project: Path, proc: subprocess.Popen) -> tuple[int, list[str]]:
+    """Poll MLflow while the sweep runs: (point runs seen RUNNING, runs ever seen without a parent)."""
+    running, orphans = set(), set()
+    while proc.poll() is None:
+        if (project / "mlflow.db").exists():
+            for r in runs(project) if client(project).get_experiment_by_name(EXPERIMENT) else []:
+                if r.data.tags.get("l2lab.role") == "sweep":
+                    continue
+                if "mlflow.parentRunId" not in r.data.tags:
+                    orphans.add(r.info.run_name)
+                if r.info.status == "RUNNING":
+                    running.add(r.info.run_id)
+        time.sleep(1)
+    return len(running), sorted(orphans)
+
+
 def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
-    proc = run(project, "l2lab", "sweep", "--l2", "0.001,0.003,1e30", "--jobs", "2", "-S", "train.epochs=1", check=False)
-    assert proc.returncode == 1  # the 1e30 point diverges
-    assert "error: 1 of 3 points failed:" in proc.stderr and "-l21e30" in proc.stderr
-    assert "Champion (best validation accuracy): train.l2 =" in proc.stdout
+    proc = subprocess.Popen(["l2lab", "sweep", "--l2", "0.003,1e30", "--seeds", "1,2", "--jobs", "2",
+                             "-S", "train.epochs=1"], cwd=project, env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen_running, orphans = watch_nesting(project, proc)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr  # the 1e30 points diverge
+    assert "error: 2 of 4 points failed:" in stderr and "-l21e30" in stderr
+    assert "Champion (best validation accuracy): train.l2 = 0.003" in stdout
+    # Every point's run was nested under the sweep from the moment it existed, also while it trained.
+    assert seen_running > 0 and orphans == []
 
     c = client(project)
     (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
     sweep_id = parent.data.tags["l2lab.sweep_id"]
+    assert parent.data.params["sweep.train.l2"] == "0.003,1e30" and parent.data.params["sweep.train.seed"] == "1,2"
     children = [r for r in runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED"]
+    assert len(runs(project)) == 1 + 4  # no run outside the sweep
+    assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert all(r.data.tags["l2lab.sweep_id"] == sweep_id for r in children)
     assert parent.info.status == "FAILED"
     good = {r.info.run_id: r for r in children if r.info.status == "FINISHED"}
+    # --seeds varies training only: two seeds, one validation split (and one training split).
+    assert sorted(r.data.params["train.seed"] for r in good.values()) == ["1", "2"]
+    assert len({r.data.tags["data.val.sha256"] for r in good.values()}) == 1
+    assert len({r.data.tags["data.train.sha256"] for r in good.values()}) == 1
+    assert len({r.data.metrics["weight_norm.total"] for r in good.values()}) == 2  # yet different models
     # Best validation accuracy; on the few validation images here ties happen, and go to lower val_loss.
     best = max(good.values(), key=lambda r: (r.data.metrics["val_accuracy"], -r.data.metrics["val_loss"]))
     champion = c.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)
@@ -102,7 +133,7 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     for name in ("table.csv", "table.md", "accuracy_vs_lambda.png", "gap_vs_lambda.png",
                  "weight_norm_vs_lambda.png", "val_accuracy_curves.png"):
         assert (folder / name).stat().st_size > 0, name
-    assert len((folder / "table.csv").read_text().splitlines()) == 1 + 3
+    assert len((folder / "table.csv").read_text().splitlines()) == 1 + 4
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "report")} >= {"report/table.csv", "report/table.md"}
 
     # `l2lab report` again, for this sweep by id: the same choice, and no duplicate version.
@@ -132,7 +163,7 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             found = json.load(response)["runs"]
-        assert len(found) == 3
+        assert len(found) == 4
         assert {r["info"]["run_name"] for r in found} == {r.info.run_name for r in children}
     finally:
         server.terminate()
@@ -173,3 +204,33 @@ def test_four_workers_on_two_cores_all_land_once_and_the_database_stays_readable
     finished = [r for r in runs(project) if r.info.status == "FINISHED"]
     assert len(runs(project)) == 4
     assert sorted(float(r.data.params["train.l2"]) for r in finished) == [0.0, 0.0001, 0.001, 0.01]
+
+
+@pytest.mark.fault
+def test_ctrl_c_of_a_sweep_stops_what_it_started(project: Path) -> None:
+    proc = subprocess.Popen(["l2lab", "sweep", "--l2", "0,0.001,0.01", "--jobs", "1", "-S", "train.epochs=200"],
+                            cwd=project, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until the first point trains
+        if (project / "mlflow.db").exists() and any(r.info.status == "RUNNING" and r.data.tags.get("l2lab.role") == "point"
+                                                    for r in runs(project)):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: " in stderr and "removed from the queue: " in stderr
+
+    (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
+    children = [r for r in runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "KILLED"
+    assert sorted(r.info.status for r in children) == ["KILLED"] * 3  # the running one and the two queued
+    status = run(project, "dvc", "queue", "status").stdout
+    assert "Queued" not in status and "Running" not in status, status
+    deadline = time.monotonic() + 60
+    while "Worker status: 0 active, 0 idle" not in status and time.monotonic() < deadline:
+        time.sleep(2)  # `dvc queue stop` asks the workers to go; they take a moment
+        status = run(project, "dvc", "queue", "status").stdout
+    assert "Worker status: 0 active, 0 idle" in status, status

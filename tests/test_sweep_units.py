@@ -9,8 +9,8 @@ import pytest
 
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError
-from l2lab.report import choose_champion, markdown, sweep_table, swept_axis
-from l2lab.sweep import grid, parse_sets, parse_values, validate
+from l2lab.report import choose_champion, markdown, plot_axis, sweep_table
+from l2lab.sweep import STALLED_POLLS, grid, parse_sets, parse_values, queue_state, validate, wait
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,15 +21,17 @@ def test_parse_values_and_sets() -> None:
         parse_values("--l2", "0,abc")
     with pytest.raises(L2labError, match="--l2: give at least one value"):
         parse_values("--l2", " , ")
-    assert parse_sets(["train.epochs=1", "seed = 7"]) == {"train.epochs": "1", "seed": "7"}
+    with pytest.raises(L2labError, match="--l2: 1e-3 and 0.001 are the same value; give each value once"):
+        parse_values("--l2", "0,1e-3,0.001")
+    assert parse_sets(["train.epochs=1", "train.seed = 7"]) == {"train.epochs": "1", "train.seed": "7"}
     with pytest.raises(L2labError, match="expected key=value"):
         parse_sets(["train.epochs"])
 
 
 def test_grid_is_the_cartesian_product_with_fixed_overrides() -> None:
-    points = grid("sw1", {"train.l2": ["0", "1e-4"], "seed": ["1", "2"]}, {"train.epochs": "1"})
+    points = grid("sw1", {"train.l2": ["0", "1e-4"], "train.seed": ["1", "2"]}, {"train.epochs": "1"})
     assert [p.name for p in points] == ["sw1-l20-seed1", "sw1-l20-seed2", "sw1-l21e-4-seed1", "sw1-l21e-4-seed2"]
-    assert points[3].sets == {"train.epochs": "1", "train.l2": "1e-4", "seed": "2"}
+    assert points[3].sets == {"train.epochs": "1", "train.l2": "1e-4", "train.seed": "2"}
 
 
 @pytest.mark.parametrize(
@@ -50,7 +52,7 @@ def run(name: str, l2: float, val: float | None, test: float | None, status: str
     metrics = {} if val is None else {"val_accuracy": val, "test_accuracy": test, "train_accuracy": 0.9,
                                       "generalization_gap": 0.9 - test, "weight_norm.total": 10.0,
                                       "sparsity.total": 0.1, "val_loss": val_loss}
-    params = {"train.l2": str(l2), "train.l1": "0.0", "train.weight_decay": "0.0", "seed": str(seed), "train.epochs": "3"}
+    params = {"train.l2": str(l2), "train.l1": "0.0", "train.weight_decay": "0.0", "train.seed": str(seed), "train.epochs": "3"}
     return {"run_id": f"id-{name}", "name": name, "status": status, "params": params, "metrics": metrics, "val_curve": []}
 
 
@@ -62,7 +64,6 @@ def test_champion_is_chosen_on_validation_never_on_test() -> None:
         run("d", 1e-1, val=None, test=None, status="FAILED"),
     ])
     assert list(table["train.l2"]) == [0.0, 1e-3, 1e-2, 1e-1]
-    assert swept_axis(table) == "train.l2"
     assert choose_champion(table, "train.l2")["experiment"] == "b"
 
 
@@ -82,19 +83,50 @@ def test_markdown_table() -> None:
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x |", "| 2 | y |"]
 
 
-def test_parse_queue_status_reads_states_and_live_workers() -> None:
-    from l2lab.sweep import parse_queue_status
+def test_a_running_point_is_alive_even_when_dvc_reports_no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    points = grid("sw", {"train.l2": ["0", "1"]}, {})
+    # DVC issues #10427/#8614: 0 workers while tasks run. Longer than STALLED_POLLS, then both finish.
+    states = [({"sw-l20": "Running", "sw-l21": "Queued"}, 0)] * 20 + [({"sw-l20": "Success", "sw-l21": "Failed"}, 0)]
+    done = []
+    result = wait(points, Path("."), lambda name, status: done.append((name, status)), lambda cwd: states.pop(0))
+    assert result == {"sw-l20": "Success", "sw-l21": "Failed"} and done == [("sw-l20", "Success"), ("sw-l21", "Failed")]
 
-    text = """Task     Name                           Created    Status
-c994faa  sweep-20261126-093541-l21e-2   09:35 AM   Running
-52d8eb8  faced-cook                     09:32 AM   Success
-96c6f26  rocky-coth                     09:21 AM   Failed
-8b6c28e  worst-tyke                     09:22 AM   Queued
 
-Worker status: 1 active, 2 idle
-"""
-    states, workers = parse_queue_status(text)
-    assert states == {"sweep-20261126-093541-l21e-2": "Running", "faced-cook": "Success",
-                      "rocky-coth": "Failed", "worst-tyke": "Queued"}
-    assert workers == 3
-    assert parse_queue_status("No experiment tasks in the queue.\n\nWorker status: 0 active, 0 idle\n") == ({}, 0)
+@pytest.mark.fault
+def test_a_queue_with_nothing_running_and_no_workers_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    points = grid("sw", {"train.l2": ["0", "1"]}, {})
+    polls = []
+
+    def state(cwd: Path) -> tuple[dict[str, str], int]:
+        polls.append(1)
+        return {"sw-l20": "Success", "sw-l21": "Queued"}, 0
+
+    with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(sw-l21\)"):
+        wait(points, Path("."), lambda name, status: None, state)
+    assert len(polls) == STALLED_POLLS + 1  # it waits STALLED_POLLS polls past the first idle one
+
+
+def test_queue_state_reads_dvc_through_its_python_api(tmp_path: Path) -> None:
+    from project import run as run_command
+
+    run_command(tmp_path, "git", "init", "-q")
+    run_command(tmp_path, "dvc", "init", "-q")
+    assert queue_state(tmp_path) == ({}, 0)
+
+
+def test_plot_axis_is_the_recorded_penalty_not_the_seeds() -> None:
+    assert plot_axis({"train.seed": [1, 2], "train.l1": [0, 1e-4]}) == "train.l1"
+    assert plot_axis({"train.seed": [1, 2]}) == "train.l2"
+    assert plot_axis({"train.weight_decay": [0, 1e-3]}) == "train.weight_decay"
+
+
+@pytest.mark.fault
+def test_jobs_are_clamped_to_points_and_cores(caplog: pytest.LogCaptureFixture) -> None:
+    from l2lab.sweep import worker_count
+
+    assert worker_count(1000, points=5, cores=2) == 2
+    assert "--jobs 1000: starting 2 worker(s) (5 point(s), 2 core(s))" in caplog.text
+    assert worker_count(4, points=3, cores=16) == 3
+    assert worker_count(2, points=8, cores=2) == 2

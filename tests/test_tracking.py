@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from l2lab.tracking import repo_root, tracking_uri
+from l2lab.cli import ui_command
+from l2lab.tracking.store import connect, repo_root, tracking_uri
 
 
 def test_repo_root_follows_dvc_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -40,7 +41,55 @@ def test_make_ui_listens_on_loopback_only() -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     repo = Path(__file__).resolve().parents[1]
-    dry = subprocess.run(["make", "-n", "ui"], cwd=repo, capture_output=True, text=True,
+    dry = subprocess.run(["make", "-n", "ui", "UI_PORT=5123"], cwd=repo, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": ""})
-    command = [line for line in dry.stdout.splitlines() if "mlflow ui" in line]
-    assert command and "--host 127.0.0.1" in command[0] and "0.0.0.0" not in dry.stdout
+    assert [line for line in dry.stdout.splitlines() if "l2lab ui --port 5123" in line]
+    command = ui_command("sqlite:////x/mlflow.db", 5123)
+    assert command[command.index("--host") + 1] == "127.0.0.1" and "0.0.0.0" not in command
+
+
+def test_a_new_database_appears_whole(tmp_path: Path) -> None:
+    """connect() builds the database aside and renames it: no reader ever sees it half-migrated."""
+    import sqlite3
+
+    store = connect(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mlflow.db.lock", "mlflow.db"]  # no temporary left
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        (version,) = db.execute("select version_num from alembic_version").fetchone()
+        (name,) = db.execute("select name from experiments where experiment_id = ?", (store.experiment_id,)).fetchone()
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config  # the migrations MLflow would run
+
+    head = ScriptDirectory.from_config(_get_alembic_config(f"sqlite:///{tmp_path / 'mlflow.db'}")).get_current_head()
+    assert version == head and name == "cifar10-l2"
+    assert connect(tmp_path).experiment_id == store.experiment_id  # a second connect finds it, creates nothing
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("damage", ["random bytes", "truncated", "not mlflow"])
+def test_a_broken_database_is_one_clear_error_and_left_untouched(tmp_path: Path, damage: str) -> None:
+    import os
+    import sqlite3
+
+    from l2lab.tracking.store import BrokenStoreError
+
+    db = tmp_path / "mlflow.db"
+    if damage == "random bytes":
+        db.write_bytes(os.urandom(100_000))
+    elif damage == "truncated":
+        connect(tmp_path)
+        store = connect(tmp_path)
+        for i in range(300):  # enough rows to span many pages
+            store.client.create_run(store.experiment_id, run_name=f"r{i}", tags={"pad": "x" * 500})
+        data = db.read_bytes()
+        db.write_bytes(data[: len(data) // 2])
+    else:
+        with sqlite3.connect(db) as con:
+            con.execute("create table notes (x)")
+    before = db.read_bytes()
+    with pytest.raises(BrokenStoreError) as info:
+        connect(tmp_path)
+    text = str(info.value)
+    assert text.startswith(f"{db} is not a readable MLflow database (") and "\n" not in text
+    assert f"mv {db} {db}.broken" in text
+    assert db.read_bytes() == before

@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
-from l2lab.tracking import EXPERIMENT
+from l2lab.deps import code_digest
+from l2lab.tracking.store import EXPERIMENT
 from project import clone_project, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -44,11 +45,18 @@ def finished_runs(project: Path) -> list:
 
 def test_metrics_file_and_outputs(trained: Path) -> None:
     metrics = json.loads((trained / "reports" / "metrics.json").read_text())
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    test_y = np.load(trained / "data" / "processed" / "test.npz")["y"]
+    predicted = [line.split(",")[1] for line in (trained / "reports" / "plots" / "confusion.csv").read_text().splitlines()[1:]]
+    actual = [line.split(",")[0] for line in (trained / "reports" / "plots" / "confusion.csv").read_text().splitlines()[1:]]
+    assert metrics["test_accuracy"] == pytest.approx(np.mean([a == p for a, p in zip(actual, predicted)]))
+    assert len(actual) == len(test_y)
     assert metrics["generalization_gap"] == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
     assert set(metrics["weight_norm"]) == {"conv1", "conv2", "dense1", "dense2", "total"}
     assert set(metrics["sparsity"]) == {"conv1", "conv2", "dense1", "dense2", "total"}
-    assert len(metrics["per_class_accuracy"]) == 10
+    assert "per_class_accuracy" not in metrics  # per-class results are one table, not ten metrics
+    per_class = (trained / "reports" / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1-score,support" and len(per_class) == 11
+    assert sum(int(float(line.split(",")[-1])) for line in per_class[1:]) == len(test_y)
     assert (trained / "models" / "model.keras").stat().st_size > 1_000_000
     history = (trained / "reports" / "plots" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 1 + EPOCHS
@@ -64,20 +72,23 @@ def test_one_finished_mlflow_run_with_params_tags_and_history(trained: Path) -> 
     c = client(trained)
     assert c.get_experiment_by_name(EXPERIMENT).artifact_location == (trained / "mlartifacts").as_uri()
     params = first.data.params
-    assert params["train.l2"] == "0.001" and params["train.epochs"] == str(EPOCHS) and params["seed"] == "42"
-    assert {"data.url", "data.sha256", "data.val_size", "train.l1", "train.weight_decay",
+    assert params["train.l2"] == "0.001" and params["train.epochs"] == str(EPOCHS) and params["train.seed"] == "42"
+    assert {"data.url", "data.sha256", "data.val_size", "data.split_seed", "train.l1", "train.weight_decay",
             "train.learning_rate", "train.batch_size"} <= set(params)
     tags = first.data.tags
     assert tags["data.sha256"] == params["data.sha256"]
-    assert len(tags["git.commit"]) == 40 and tags["tensorflow.version"] and tags["keras.version"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "l2_penalty", "epoch_seconds",
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["tensorflow.version"] and tags["keras.version"]
+    assert tags["l2lab.train.git.commit"] == tags["mlflow.source.git.commit"] == tags["l2lab.evaluate.git.commit"]
+    assert tags["l2lab.train.code"] == code_digest("l2lab.stages.train", trained / "src")
+    assert tags["l2lab.evaluate.code"] == code_digest("l2lab.stages.evaluate", trained / "src")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "penalty", "epoch_seconds",
                 "weight_norm.total", "weight_norm.conv1", "weight_norm.conv2", "weight_norm.dense1", "weight_norm.dense2"):
         history = c.get_metric_history(first.info.run_id, key)
         assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
     for key in ("test_accuracy", "test_loss", "train_accuracy", "generalization_gap", "sparsity.total"):
         assert key in first.data.metrics
     artifacts = {a.path for a in c.list_artifacts(first.info.run_id)}
-    assert {"confusion_matrix.png", "metrics.json", "weights"} <= artifacts
+    assert {"confusion_matrix.png", "metrics.json", "weights", "per_class_report.json"} <= artifacts
 
 
 def test_logged_model_loads_with_pyfunc_and_predicts(trained: Path) -> None:
@@ -127,3 +138,47 @@ def test_bad_train_param_stops_before_training(trained: Path) -> None:
     assert "epoch 1/" not in proc.stderr and "MLflow run" not in proc.stderr
     c = client(trained)
     assert len(c.search_runs([c.get_experiment_by_name(EXPERIMENT).experiment_id])) == runs_before
+
+
+@pytest.mark.fault
+def test_a_failed_training_leaves_the_previous_state_to_come_back_whole(trained: Path) -> None:
+    run(trained, "dvc", "repro")  # up to date with the committed params first (earlier tests ran experiments)
+    kept = [trained / "models" / "mlflow_run.json", trained / "reports" / "plots" / "history.csv",
+            trained / "reports" / "metrics.json", trained / "reports" / "per_class.csv"]
+    before = {path: path.read_bytes() for path in kept}
+    set_params(trained, train__l2=1e30)
+    proc = run(trained, "dvc", "repro", check=False)
+    assert proc.returncode != 0 and "error: training diverged at epoch 1" in proc.stderr
+    assert {path: path.read_bytes() for path in kept} == before  # DVC did not delete them (persist)
+    run(trained, "git", "checkout", "params.yaml")
+    run(trained, "dvc", "checkout")  # brings the model back from the cache
+    assert (trained / "models" / "model.keras").exists()
+    assert "Data and pipelines are up to date" in run(trained, "dvc", "status").stdout
+
+
+def test_a_copy_of_the_same_archive_reruns_the_download_alone(trained: Path, tmp_path: Path) -> None:
+    run(trained, "dvc", "repro")  # up to date with the committed params first (earlier tests ran experiments)
+    url = yaml_value(trained, "data", "url")
+    mirror = tmp_path / "mirror" / "cifar-10-python.tar.gz"
+    mirror.parent.mkdir()
+    mirror.write_bytes(Path(url.removeprefix("file://")).read_bytes())
+    set_params(trained, data__url=mirror.as_uri())
+    out = run(trained, "dvc", "repro").stdout
+    assert "Running stage 'download'" in out
+    for stage in ("preprocess", "train", "evaluate"):
+        assert f"Running stage '{stage}'" not in out and f"Stage '{stage}' didn't change" in out, out
+    # What the split depends on does move it (checked without running: dvc status only).
+    set_params(trained, data__split_seed=7)
+    status = run(trained, "dvc", "status", "--json").stdout
+    assert set(json.loads(status)) == {"preprocess"}, status
+    run(trained, "git", "checkout", "params.yaml")
+    run(trained, "dvc", "repro", "download")
+
+
+def yaml_value(project: Path, *keys: str) -> str:
+    from ruamel.yaml import YAML
+
+    node = YAML(typ="safe").load((project / "params.yaml").read_text())
+    for key in keys:
+        node = node[key]
+    return node

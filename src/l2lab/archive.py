@@ -22,6 +22,9 @@ BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
+# A CIFAR-10 batch pickle is 30,730,000 bytes give or take a few hundred, batches.meta a few
+# hundred: no member of a real archive comes near this, and nothing larger is ever read.
+MAX_MEMBER_BYTES = 64 * 2**20
 
 # The only globals a CIFAR batch pickle refers to: numpy array reconstruction.
 # Both module spellings: numpy 1.x wrote numpy.core, numpy 2 writes numpy._core.
@@ -81,6 +84,21 @@ def check_member(member: tarfile.TarInfo) -> None:
     raise ArchiveError(f"refusing unsafe archive member {member.name!r}: it {why}")
 
 
+def check_size(member: tarfile.TarInfo) -> None:
+    """Refuse a member that declares more bytes than any CIFAR-10 file (a decompression bomb), before reading it."""
+    if member.size > MAX_MEMBER_BYTES:
+        raise ArchiveError(f"refusing archive member {member.name!r}: it declares {member.size:,} bytes; no CIFAR-10 "
+                           f"file is over {MAX_MEMBER_BYTES:,} (a CIFAR-10 batch is about 30.7 MB)")
+
+
+def read_capped(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """A member's bytes, never more than MAX_MEMBER_BYTES whatever its header says."""
+    data = tar.extractfile(member).read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise ArchiveError(f"refusing archive member {member.name!r}: over {MAX_MEMBER_BYTES:,} bytes")
+    return data
+
+
 def read_batches(archive: Path) -> dict[str, bytes]:
     """Check every member, then return the raw bytes of each CIFAR batch by base name.
 
@@ -93,9 +111,10 @@ def read_batches(archive: Path) -> dict[str, bytes]:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
                 check_member(member)
+                check_size(member)
                 key = str(PurePosixPath(member.name))
                 if key in wanted and member.isfile():
-                    found[PurePosixPath(key).name] = tar.extractfile(member).read()
+                    found[PurePosixPath(key).name] = read_capped(tar, member)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ArchiveError(f"{archive}: corrupt or truncated archive ({exc})") from None
     missing = sorted(name for name in wanted if PurePosixPath(name).name not in found)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from l2lab.errors import L2labError
@@ -11,7 +12,7 @@ from l2lab.stages import run_stage
 
 log = logging.getLogger("l2lab")
 
-GRID_OPTIONS = {"l2": "train.l2", "l1": "train.l1", "weight_decay": "train.weight_decay", "seeds": "seed"}
+GRID_OPTIONS = {"l2": "train.l2", "l1": "train.l1", "weight_decay": "train.weight_decay", "seeds": "train.seed"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,7 +22,8 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--l2", help="comma-separated lambdas, e.g. 0,1e-5,1e-4,1e-3,1e-2")
     sweep.add_argument("--l1", help="comma-separated L1 lambdas")
     sweep.add_argument("--weight-decay", help="comma-separated decoupled weight decays")
-    sweep.add_argument("--seeds", help="comma-separated seeds: every point runs once per seed")
+    sweep.add_argument("--seeds", help="comma-separated training seeds (train.seed): every point runs once per "
+                       "seed, on the same validation split")
     sweep.add_argument("--jobs", "-j", type=int, default=2,
                        help="parallel queue workers (default 2: faster than 1 on 2 cores, see README)")
     sweep.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -29,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="table, plots and champion of a sweep")
     report.add_argument("--sweep", help="sweep id (default: the latest)")
     report.add_argument("--out", type=Path, default=None, help="folder for the report files (default reports/sweep)")
+    sub.add_parser("gc", help="end KILLED every run left RUNNING by a process that is gone (kill -9, OOM)")
+    ui = sub.add_parser("ui", help="the MLflow UI for this repo's runs, on 127.0.0.1 only")
+    ui.add_argument("--port", type=int, default=5000)
     return top
 
 
@@ -60,6 +65,36 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def gc(args: argparse.Namespace) -> int:
+    """End the runs whose process is gone; say how many."""
+    from l2lab.tracking.owners import end_stale_runs
+    from l2lab.tracking.store import connect
+
+    ended = end_stale_runs(connect())
+    log.info("%d stale run(s) ended KILLED", len(ended))
+    return 0
+
+
+def ui_command(store_uri: str, port: int) -> list[str]:
+    """`mlflow ui` on loopback only (README: how to share it safely)."""
+    return ["mlflow", "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def ui(args: argparse.Namespace) -> int:
+    """Create the store first (l2lab's one creation point, under its lock), then start the UI on it.
+
+    Started on a missing database, the UI would create and migrate it itself, racing
+    any pipeline stage that does the same.
+    """
+    from l2lab.tracking.store import connect
+
+    store = connect()
+    command = ui_command(store.uri, args.port)
+    log.info("MLflow UI on http://127.0.0.1:%d for %s", args.port, store.uri)
+    os.execvp(command[0], command)
+    return 0  # not reached: exec replaces this process
+
+
 def print_report(report) -> None:
     from l2lab.report import champion_line
 
@@ -71,7 +106,7 @@ def print_report(report) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    commands = {"sweep": sweep_command, "report": report_command}
+    commands = {"sweep": sweep_command, "report": report_command, "ui": ui, "gc": gc}
     run_stage(lambda: commands[args.command](args))
 
 

@@ -10,7 +10,6 @@ import numpy as np
 from l2lab.archive import ArchiveError
 
 NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)  # height, width, channels
 PIXELS = 32 * 32 * 3  # values per image in a batch row: 1024 R, 1024 G, 1024 B
 
 
@@ -39,23 +38,17 @@ def class_names(meta: dict[str, Any]) -> list[str]:
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val), both sorted; val holds val_size items in each class's proportion.
+    """Indices (train, val), both sorted; val holds val_size images in each class's proportion.
 
-    Per-class quotas are rounded by largest remainder, so they add up to val_size
-    exactly; numpy's seeded generator picks the members (stable across platforms).
+    scikit-learn's stratified train_test_split, seeded by data.split_seed alone, so
+    training seeds never move the validation set.
     """
+    from sklearn.model_selection import train_test_split
+
     if not 0 < val_size < len(labels):
         raise ValueError(f"val_size must be in 1..{len(labels) - 1} for {len(labels)} images, got {val_size}")
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * val_size / len(labels)
-    take = np.floor(quota).astype(np.int64)
-    extra = np.argsort(-(quota - take), kind="stable")[: val_size - take.sum()]
-    take[extra] += 1
-    rng = np.random.default_rng(seed)
-    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)])
-    val.sort()
-    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
-    return train, val
+    train, val = train_test_split(np.arange(len(labels)), test_size=val_size, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(val)
 
 
 def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from l2lab.download import file_sha256
+from l2lab.files import file_sha256
 from l2lab.stages import run_stage
 from l2lab.synthetic import write_cifar_archive
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from l2lab.errors import L2labError
+from l2lab.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,6 @@ def local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy_local(source: Path, part: Path) -> None:
     try:
         with source.open("rb") as src, part.open("wb") as out:
@@ -152,6 +143,10 @@ def _attempt(session: requests.Session, url: str, part: Path, timeout: tuple[flo
         raise _classify_connection_error(url, exc) from None
     except requests.exceptions.ChunkedEncodingError:
         raise _Transient("connection dropped mid-transfer") from None
+    except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
+            requests.exceptions.TooManyRedirects) as exc:  # e.g. a redirect to file:// or ftp://
+        raise DownloadError(f"cannot fetch {url}: the server sent us to a URL we do not follow ({exc}); "
+                            "point data.url at the final http(s) address") from None
 
 
 def _raise_for_status(url: str, resp: requests.Response) -> None:

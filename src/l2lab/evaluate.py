@@ -1,72 +1,58 @@
-"""Score a trained model: test metrics, train/val accuracy, the gap, final weight statistics."""
+"""The evaluate stage: score the saved model on every split, write metrics and plots, log to its run."""
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-import numpy as np
+import keras
+import pandas as pd
 
-from l2lab.norms import kernels, sparsity, weight_norms
+from l2lab.data import load_split
+from l2lab.files import write_json
+from l2lab.params import flatten
+from l2lab.plots import confusion_figure, write_confusion_pairs, write_rows
+from l2lab.scores import evaluate as score
+from l2lab.tracking.runs import resumed_run
+from l2lab.tracking.store import connect
 
-PREDICT_BATCH = 1024  # images per forward pass; memory only, results do not depend on it
+log = logging.getLogger(__name__)
 
-
-def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
-    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
-
-
-def cross_entropy(probs: np.ndarray, y: np.ndarray) -> float:
-    """Mean -log p(true class): the data loss alone, without any penalty."""
-    picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
-    return float(-np.mean(np.log(picked)))
-
-
-def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(probs.argmax(axis=1) == y))
-
-
-def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
-    """(classes, classes) counts, rows = actual class, columns = predicted class."""
-    pairs = actual.astype(np.int64) * classes + predicted.astype(np.int64)
-    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+# Per-epoch series already end on the final value; logging them again at step 0 would add a point.
+EPOCH_SERIES = ("val_accuracy", "weight_norm.")
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    metrics: dict[str, Any]  # scalars, and dicts of scalars per layer or class
-    confusion: np.ndarray  # (10, 10) counts, rows = true class, columns = predicted
-    test_pred: np.ndarray  # (N_test,) predicted class per test image
+class EvalPaths:
+    data_dir: Path  # holds {train,val,test}.npz
+    data_summary: Path  # preprocess's summary: the class names
+    model: Path
+    run_info: Path  # the training's MLflow run id
+    metrics: Path  # JSON for dvc metrics
+    confusion: Path  # CSV (actual, predicted) for dvc plots
+    per_class: Path  # CSV: precision, recall, f1, support per class on test
 
 
-def evaluate(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]) -> Evaluation:
-    """Accuracy and loss on test, accuracy on train and val, the gap, and final weight statistics."""
-    probs = {name: predict(model, x) for name, (x, _) in splits.items()}
-    y_test = splits["test"][1]
-    test_pred = probs["test"].argmax(axis=1)
-    confusion = confusion_matrix(y_test, test_pred, len(classes))
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    ks = kernels(model)
-    metrics: dict[str, Any] = {
-        "test_accuracy": accuracy(probs["test"], y_test),
-        "test_loss": cross_entropy(probs["test"], y_test),
-        "train_accuracy": accuracy(probs["train"], splits["train"][1]),
-        "val_accuracy": accuracy(probs["val"], splits["val"][1]),
-    }
-    metrics["generalization_gap"] = metrics["train_accuracy"] - metrics["test_accuracy"]
-    metrics["per_class_accuracy"] = {c: float(a) for c, a in zip(classes, per_class)}
-    metrics["weight_norm"] = weight_norms(ks)
-    metrics["sparsity"] = sparsity(ks)
-    return Evaluation(metrics, confusion, test_pred)
-
-
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Nested metrics as MLflow keys: {"weight_norm": {"conv1": x}} -> {"weight_norm.conv1": x}."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": float(v) for k, v in value.items()})
-        elif isinstance(value, (int, float)):
-            flat[key] = float(value)
-    return flat
+def evaluate(paths: EvalPaths) -> dict:
+    """Score the saved model on all three splits, write metrics and plots, log to the training run."""
+    store = connect()  # a broken or locked store fails here, before any work
+    run_id = json.loads(paths.run_info.read_text())["run_id"]
+    classes = json.loads(paths.data_summary.read_text())["classes"]
+    splits = {name: load_split(paths.data_dir / f"{name}.npz") for name in ("train", "val", "test")}
+    model = keras.models.load_model(paths.model)
+    with resumed_run(store, run_id, "evaluate") as run:
+        result = score(model, splits, classes)
+        metrics = {**result.metrics, "mlflow_run_id": run_id}
+        write_confusion_pairs(paths.confusion, splits["test"][1], result.test_pred, classes)
+        header = list(result.per_class[0])
+        write_rows(paths.per_class, header, [[row[k] for k in header] for row in result.per_class])
+        run.log_metrics({k: v for k, v in flatten(result.metrics).items() if not k.startswith(EPOCH_SERIES)})
+        run.log_figure(confusion_figure(result.confusion, classes), "confusion_matrix.png")
+        run.log_table(pd.DataFrame(result.per_class), "per_class_report.json")
+        run.log_dict(metrics, "metrics.json")
+        write_json(paths.metrics, metrics)
+    log.info("test_accuracy %.4f, train_accuracy %.4f, gap %.4f",
+             metrics["test_accuracy"], metrics["train_accuracy"], metrics["generalization_gap"])
+    return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -34,3 +35,12 @@ def write_json(path: Path, obj: Any) -> None:
     """Write obj as indented JSON, atomically."""
     with atomic_outputs(path) as (tmp,):
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

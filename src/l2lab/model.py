@@ -5,11 +5,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from l2lab.data import NUM_CLASSES
 from l2lab.params import TrainParams
 
-NUM_CLASSES = 10
 PARAM_COUNT = 315_722  # pinned by tests: the seed article's architecture
-STEPS_PER_EXECUTION = 32  # training steps per call into the compiled graph: less Python per step
 
 
 def kernel_regularizer(l1: float, l2: float) -> keras.regularizers.Regularizer | None:
@@ -49,13 +48,13 @@ def build_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def compile_model(train: TrainParams, seed: int) -> keras.Model:
-    """A freshly initialised, compiled model for these training params."""
-    model = build_model(train.l1, train.l2, seed)
+def compile_model(train: TrainParams, steps_per_execution: int = 1) -> keras.Model:
+    """A freshly initialised (train.seed), compiled model for these training params."""
+    model = build_model(train.l1, train.l2, train.seed)
     model.compile(
         optimizer=build_optimizer(train),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
-        steps_per_execution=STEPS_PER_EXECUTION,
+        steps_per_execution=steps_per_execution,
     )
     return model

@@ -1,4 +1,4 @@
-"""Weight statistics of the kernels: norms, penalty terms, sparsity. Pure numpy."""
+"""Weight statistics of the kernels: norms and sparsity. Pure numpy."""
 
 from __future__ import annotations
 
@@ -17,16 +17,6 @@ def weight_norms(ks: dict[str, np.ndarray]) -> dict[str, float]:
     """L2 norm of each kernel, and of all of them together under "total"."""
     squares = {name: float(np.sum(k * k)) for name, k in ks.items()}
     return {**{name: float(np.sqrt(s)) for name, s in squares.items()}, "total": float(np.sqrt(sum(squares.values())))}
-
-
-def l2_penalty(ks: dict[str, np.ndarray], lam: float) -> float:
-    """lambda * sum of squared kernel weights: the term Keras adds to the loss."""
-    return lam * sum(float(np.sum(k * k)) for k in ks.values())
-
-
-def l1_penalty(ks: dict[str, np.ndarray], lam: float) -> float:
-    """lambda * sum of absolute kernel weights."""
-    return lam * sum(float(np.sum(np.abs(k))) for k in ks.values())
 
 
 def sparsity(ks: dict[str, np.ndarray], below: float = SPARSE_BELOW) -> dict[str, float]:

@@ -21,7 +21,20 @@ class ParamsError(L2labError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 
+def redact_url(url: str) -> str:
+    """The URL with any user name and password replaced by "***" (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
 def _check_url(url: str) -> str:
+    if "@" in urlsplit(url).netloc:
+        # dvc.lock records params in git, and MLflow shows every param to anyone with the UI.
+        raise ValueError("must not hold a user name or password (dvc.lock would commit them to git); give the URL "
+                         "without them and put them in ~/.netrc (or the file $NETRC names): "
+                         "machine HOST login USER password PASSWORD")
     scheme = urlsplit(url).scheme.lower()
     # A bare local path has no scheme; "C:\\x" would parse as scheme "c", so keep it to one letter.
     if scheme and len(scheme) > 1 and scheme not in URL_SCHEMES:
@@ -49,9 +62,11 @@ class DataParams(_Section):
     url: Annotated[str, AfterValidator(_check_url)]
     sha256: Annotated[str, BeforeValidator(_check_sha256)]
     val_size: int = Field(ge=1, le=TRAIN_IMAGES - 1)  # images held out of training
+    split_seed: int = Field(ge=0, le=2**32 - 1)  # picks the validation images; nothing else
 
 
 class TrainParams(_Section):
+    seed: int = Field(ge=0, le=2**31 - 1)  # weight init and shuffling; the split has its own
     l2: float = Field(ge=0.0)  # lambda in loss = CE + l2 * sum(W**2), kernels only
     l1: float = Field(ge=0.0)  # lambda in loss = CE + l1 * sum(|W|), kernels only
     weight_decay: float = Field(ge=0.0, lt=1.0)  # decoupled (AdamW) decay per step, times lr
@@ -62,21 +77,21 @@ class TrainParams(_Section):
 
 
 class Params(_Section):
-    seed: int = Field(ge=0, le=2**31 - 1)
     data: DataParams
     train: TrainParams
 
     def flat(self) -> dict[str, Any]:
         """Every value under its dotted params.yaml name, e.g. {"train.l2": 0.001}."""
-        return _flatten(self.model_dump())
+        return flatten(self.model_dump())
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: {"train": {"l2": 0.1}} -> {"train.l2": 0.1}."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value
     return flat
@@ -89,7 +104,8 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{key}: missing key"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{key}: {message} (got {error['input']!r})"
+    given = redact_url(error["input"]) if isinstance(error["input"], str) else error["input"]
+    return f"{key}: {message} (got {given!r})"
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:

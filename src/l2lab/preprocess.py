@@ -10,7 +10,7 @@ import numpy as np
 
 from l2lab.archive import META, TEST_BATCH, TRAIN_BATCHES, load_pickle, read_batches
 from l2lab.data import batch_arrays, class_names, save_split, stratified_split
-from l2lab.download import file_sha256
+from l2lab.files import file_sha256
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs, write_json
 from l2lab.synthetic import SYNTHETIC_MARK
@@ -36,13 +36,22 @@ def load_cifar(archive: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
     return {"train": (x_train, y_train), "test": test}, names, meta.get("l2lab_note") == SYNTHETIC_MARK
 
 
-def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, seed: int) -> dict[str, Any]:
+def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, split_seed: int) -> dict[str, Any]:
     """Write {train,val,test}.npz under out_dir and the summary; return the summary."""
     sets, names, synthetic = load_cifar(archive)
     x, y = sets.pop("train")
     if not val_size < len(y):
         raise L2labError(f"data.val_size: {val_size} leaves no training images ({len(y)} in the archive)")
-    train_idx, val_idx = stratified_split(y, val_size, seed)
+    try:
+        train_idx, val_idx = stratified_split(y, val_size, split_seed)
+    except ValueError as exc:  # scikit-learn: too few images for a stratified split
+        raise L2labError(f"data.val_size: cannot split {len(y)} images into {len(y) - val_size} train and "
+                         f"{val_size} val with every class in both: {exc}") from None
+    if len(train_idx) < len(val_idx):
+        fewest = int(np.bincount(y[train_idx]).min())
+        log.warning("data.val_size = %d leaves %d training images (%d in the smallest class), fewer than it "
+                    "validates on: is that meant? (CIFAR-10's usual split holds out 5000)",
+                    val_size, len(train_idx), fewest)
     sets["train"] = (x[train_idx], y[train_idx])
     sets["val"] = (x[val_idx], y[val_idx])
     del x

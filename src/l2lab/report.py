@@ -9,15 +9,19 @@ from typing import Any
 
 import pandas as pd
 
-from l2lab import tracking
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
 from l2lab.plots import save_figure, sweep_figures
+from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
+from l2lab.tracking.owners import end_stale_runs
+from l2lab.tracking.store import connect
+from l2lab.tracking.sweeps import latest_sweep, sweep_axes, sweep_parent_id, sweep_runs
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/
-AXES = ("train.l2", "train.l1", "train.weight_decay", "seed")  # what a sweep may vary
+AXES = ("train.l2", "train.l1", "train.weight_decay", "train.seed")  # what a sweep may vary
+SEED = "train.seed"  # an axis of repeats, not of the plots
 COLUMNS = {  # report column -> MLflow metric
     "val_accuracy": "val_accuracy",
     "test_accuracy": "test_accuracy",
@@ -53,12 +57,9 @@ def sweep_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values([k for k in AXES if k in rows[0]]).reset_index(drop=True)
 
 
-def swept_axis(table: pd.DataFrame) -> str:
-    """The first of train.l2, train.l1, train.weight_decay that takes several values (else train.l2)."""
-    for key in AXES[:3]:
-        if key in table and table[key].nunique() > 1:
-            return key
-    return "train.l2"
+def plot_axis(recorded: dict[str, list[float]]) -> str:
+    """The axis the plots put on x: the first penalty the sweep recorded as varied (train.l2 if it varied only seeds)."""
+    return next((key for key in recorded if key != SEED), "train.l2")
 
 
 def choose_champion(table: pd.DataFrame, axis: str) -> pd.Series | None:
@@ -87,18 +88,20 @@ def markdown(table: pd.DataFrame) -> str:
 
 def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> Report:
     """Build the report of a sweep (the latest by default), register its champion, log it to the parent."""
+    store = connect()
+    end_stale_runs(store)
     if sweep_id is None:
-        sweep_id, parent_id = tracking.latest_sweep()
+        sweep_id, parent_id = latest_sweep(store)
     else:
-        parent_id = tracking.sweep_parent_id(sweep_id)
-    runs = tracking.sweep_runs(parent_id)
+        parent_id = sweep_parent_id(store, sweep_id)
+    runs = sweep_runs(store, parent_id)
     table = sweep_table(runs)
-    axis = swept_axis(table)
+    axis = plot_axis(sweep_axes(store, parent_id))
     champion = choose_champion(table, axis)
-    version = tracking.register_champion(champion["mlflow_run_id"]) if champion is not None and register else None
+    version = register_champion(store, champion["mlflow_run_id"]) if champion is not None and register else None
     folder = out_root / sweep_id
     write_files(folder, table, axis, {r["name"]: r["val_curve"] for r in runs}, champion, version)
-    tracking.log_report(parent_id, folder)
+    log_report(store, parent_id, folder)
     return Report(sweep_id, axis, table, champion, version, folder)
 
 
@@ -109,8 +112,8 @@ def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, 
     with atomic_outputs(folder / "table.csv", folder / "table.md") as (csv_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
         md_tmp.write_text(markdown(table) + "\n" + champion_line(champion, axis, version) + "\n")
-    several_seeds = "seed" in table and table["seed"].nunique() > 1
-    labels = {row["experiment"]: f"{axis}={row[axis]:g}" + (f" seed={row['seed']:g}" if several_seeds else "")
+    several_seeds = SEED in table and table[SEED].nunique() > 1
+    labels = {row["experiment"]: f"{axis}={row[axis]:g}" + (f" seed={row[SEED]:g}" if several_seeds else "")
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
     for name, figure in sweep_figures(table, axis, ordered).items():
@@ -120,7 +123,7 @@ def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, 
 def champion_line(champion: pd.Series | None, axis: str, version: str | None) -> str:
     if champion is None:
         return "No finished run: no champion."
-    registered = f"; registered as {tracking.REGISTERED_MODEL} version {version} (alias {tracking.CHAMPION_ALIAS})" if version else ""
+    registered = f"; registered as {REGISTERED_MODEL} version {version} (alias {CHAMPION_ALIAS})" if version else ""
     return (f"Champion (best validation accuracy): {axis} = {champion[axis]:g}, val_accuracy "
             f"{champion['val_accuracy']:.4f}, test_accuracy {champion['test_accuracy']:.4f}, "
             f"experiment {champion['experiment']}, MLflow run {champion['mlflow_run_id']}{registered}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
 import re
 import subprocess
 import tempfile
@@ -15,14 +16,16 @@ from typing import Callable
 
 from ruamel.yaml import YAML
 
-from l2lab import tracking
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
+from l2lab.tracking.owners import end_stale_runs
+from l2lab.tracking.store import connect
+from l2lab.tracking.sweeps import end_unstarted, reserve, sweep_parent
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
-STALLED_POLLS = 6  # polls with no queue worker alive before a sweep gives up (workers take a moment to start)
+STALLED_POLLS = 6  # polls with nothing running and no worker alive before a sweep gives up
 DONE = ("Success", "Failed")
 
 
@@ -33,15 +36,19 @@ class Point:
 
 
 def parse_values(option: str, text: str) -> list[str]:
-    """'0,1e-5,1e-4' -> ['0', '1e-5', '1e-4']; each must be a number."""
+    """'0,1e-5,1e-4' -> ['0', '1e-5', '1e-4']; each must be a number, and each number given once."""
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
         raise L2labError(f"{option}: give at least one value, e.g. {option} 0,1e-4,1e-3")
+    seen: dict[float, str] = {}
     for value in values:
         try:
-            float(value)
+            number = float(value)
         except ValueError:
             raise L2labError(f"{option}: {value!r} is not a number") from None
+        if number in seen:
+            raise L2labError(f"{option}: {seen[number]} and {value} are the same value; give each value once")
+        seen[number] = value
     return values
 
 
@@ -69,6 +76,19 @@ def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> li
 def _slug(value: str) -> str:
     """A value as it may stand in a git ref name."""
     return re.sub(r"[^0-9A-Za-z.+-]", "_", value).replace("..", "_")
+
+
+def worker_count(requested: int, points: int, cores: int | None = None) -> int:
+    """Queue workers to start: never more than the points, nor than the machine's cores.
+
+    Each DVC worker is a process holding TensorFlow and a copy of the data (~1 GB on
+    CIFAR-10); more workers than cores only make them wait on each other.
+    """
+    cores = cores or os.cpu_count() or 1
+    jobs = max(1, min(requested, points, cores))
+    if jobs != requested:
+        log.warning("--jobs %d: starting %d worker(s) (%d point(s), %d core(s))", requested, jobs, points, cores)
+    return jobs
 
 
 def validate(params_path: Path, points: list[Point]) -> None:
@@ -120,38 +140,42 @@ def start_workers(jobs: int, cwd: Path) -> None:
             raise L2labError(f"dvc queue start -j {jobs} failed: {lines[-1]}")
 
 
-def parse_queue_status(text: str) -> tuple[dict[str, str], int]:
-    """(experiment name -> Queued/Running/Success/Failed, live workers) from `dvc queue status` output."""
-    states = {}
-    workers = 0
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and re.fullmatch(r"[0-9a-f]{7,}", fields[0]):
-            states[fields[1]] = fields[-1]
-        elif match := re.search(r"Worker status: (\d+) active, (\d+) idle", line):
-            workers = int(match.group(1)) + int(match.group(2))
-    return states, workers
+def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
+    """(experiment name -> Queued/Running/Success/Failed, live queue workers), read through DVC's Python API."""
+    from dvc.repo import Repo
+
+    with Repo(str(cwd)) as repo:
+        queue = repo.experiments.celery_queue
+        states = {entry["name"]: entry["status"] for entry in queue.status() if entry.get("name")}
+        return states, len(queue.worker_status())
 
 
-def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None]) -> dict[str, str]:
-    """Poll the queue until every point is done; call on_done(name, status) once for each."""
+def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
+         read_state: Callable[[Path], tuple[dict[str, str], int]] = queue_state) -> dict[str, str]:
+    """Poll the queue until every point is done; call on_done(name, status) once for each.
+
+    A running point is alive whatever the worker count says (DVC can report 0
+    workers while a task runs); the sweep gives up only when none of its points
+    runs and no worker is left for STALLED_POLLS polls in a row.
+    """
     names = [p.name for p in points]
     seen: dict[str, str] = {}
     last_line = ""
-    idle_polls = 0  # consecutive polls with points left and no worker alive
+    idle_polls = 0
     while len(seen) < len(names):
-        states, workers = parse_queue_status(dvc("queue", "status", cwd=cwd).stdout)
-        idle_polls = idle_polls + 1 if workers == 0 and len(seen) < len(names) else 0
-        if idle_polls > STALLED_POLLS:
-            left = [n for n in names if n not in seen]
-            raise L2labError(f"the DVC queue has no workers left but {len(left)} point(s) are not done "
-                             f"({', '.join(left)}); run `dvc queue start`, then `l2lab report`")
+        states, workers = read_state(cwd)
         for name in names:
             status = states.get(name)
             if name not in seen and status in DONE:
                 seen[name] = status
                 on_done(name, status)
         running = sum(states.get(n) == "Running" for n in names)
+        stalled = len(seen) < len(names) and running == 0 and workers == 0
+        idle_polls = idle_polls + 1 if stalled else 0
+        if idle_polls > STALLED_POLLS:
+            left = [n for n in names if n not in seen]
+            raise L2labError(f"the DVC queue has no workers left but {len(left)} point(s) are not done "
+                             f"({', '.join(left)}); run `dvc queue start`, then `l2lab report`")
         failed = sum(s == "Failed" for s in seen.values())
         line = f"{len(seen)}/{len(names)} done ({failed} failed), {running} running"
         if line != last_line:
@@ -162,21 +186,67 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None]) ->
     return seen
 
 
+def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:
+    """Take a stopped sweep's points out of the queue: queued ones removed, running ones interrupted (Ctrl-C).
+
+    An interrupted point's train stage ends its MLflow run KILLED; this waits (up to
+    grace seconds) until none of the points runs any more.
+    """
+    states, _ = queue_state(cwd)
+    queued = [n for n in names if states.get(n) == "Queued"]
+    running = [n for n in names if states.get(n) == "Running"]
+    if queued:
+        dvc("queue", "remove", *queued, cwd=cwd)
+        log.info("removed from the queue: %s", ", ".join(queued))
+    if running:
+        subprocess.run(["dvc", "queue", "kill", *running], cwd=cwd, capture_output=True, text=True)
+        log.info("interrupted: %s", ", ".join(running))
+    deadline = time.monotonic() + grace
+    while running and time.monotonic() < deadline:
+        time.sleep(1.0)
+        states, _ = queue_state(cwd)
+        running = [n for n in running if states.get(n) == "Running"]
+    if running:
+        subprocess.run(["dvc", "queue", "kill", "--force", *running], cwd=cwd, capture_output=True, text=True)
+        log.warning("killed (did not stop within %.0f s): %s", grace, ", ".join(running))
+
+
+def stop_workers(cwd: Path) -> None:
+    """`dvc queue stop`: the workers this sweep started would otherwise idle on (DVC keeps them)."""
+    proc = subprocess.run(["dvc", "queue", "stop"], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.warning("dvc queue stop failed: %s", (proc.stderr.strip() or proc.stdout.strip())[-200:])
+
+
 def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path) -> tuple[str, dict[str, str]]:
-    """Queue and run the grid; return (sweep id, experiment name -> Success/Failed)."""
+    """Queue and run the grid; return (sweep id, experiment name -> Success/Failed).
+
+    Each point's MLflow run is created before it is queued, nested under the sweep's
+    parent; the train stage takes it up by the experiment's name.
+    """
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     points = grid(sweep_id, axes, fixed)
     validate(cwd / "params.yaml", points)
-    with tracking.sweep_parent(sweep_id, axes, fixed) as parent:
+    jobs = worker_count(jobs, len(points))
+    store = connect(cwd)
+    end_stale_runs(store)
+    with sweep_parent(store, sweep_id, axes, fixed) as parent:
+        runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name) for point in points}
         queue(points, cwd)
         start_workers(jobs, cwd)
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
 
-        def link(name: str, status: str) -> None:
-            run_id = tracking.adopt_child(parent.run_id, sweep_id, name)
-            log.info("%s: %s%s", name, status, f" (MLflow run {run_id})" if run_id else "")
+        def done(name: str, status: str) -> None:
+            end_unstarted(store, runs[name])  # a point that failed before training never took up its run
+            log.info("%s: %s (MLflow run %s)", name, status, runs[name])
 
-        results = wait(points, cwd, link)
+        try:
+            results = wait(points, cwd, done)
+        except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started
+            stop_points([p.name for p in points], cwd)
+            raise
+        finally:
+            stop_workers(cwd)
         parent.failed = any(status != "Success" for status in results.values())
     return sweep_id, results

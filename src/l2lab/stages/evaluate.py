@@ -14,13 +14,15 @@ def main() -> None:
     parser.add_argument("--run-info", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True, help="JSON for dvc metrics")
     parser.add_argument("--confusion", type=Path, required=True, help="CSV for the confusion plot")
+    parser.add_argument("--per-class", type=Path, required=True, help="CSV: precision, recall, f1 per class")
     args = parser.parse_args()
 
     def body() -> None:
         quiet_tensorflow()
-        from l2lab.pipeline import EvalPaths, evaluate_stage
+        from l2lab.evaluate import EvalPaths, evaluate
 
-        evaluate_stage(EvalPaths(args.data_dir, args.data_summary, args.model, args.run_info, args.metrics, args.confusion))
+        evaluate(EvalPaths(args.data_dir, args.data_summary, args.model, args.run_info, args.metrics,
+                           args.confusion, args.per_class))
 
     run_stage(body)
 

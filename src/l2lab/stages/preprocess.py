@@ -18,7 +18,7 @@ def main() -> None:
 
     def body() -> None:
         params = load_params(args.params)
-        preprocess(args.archive, args.out_dir, args.summary, params.data.val_size, params.seed)
+        preprocess(args.archive, args.out_dir, args.summary, params.data.val_size, params.data.split_seed)
 
     run_stage(body)
 

@@ -20,9 +20,9 @@ def main() -> None:
     def body() -> None:
         params = load_params(args.params)  # validate before TensorFlow is even imported
         quiet_tensorflow()
-        from l2lab.pipeline import TrainPaths, train_stage
+        from l2lab.train import TrainPaths, train
 
-        train_stage(params, TrainPaths(args.data_dir, args.data_summary, args.model, args.run_info, args.history))
+        train(params, TrainPaths(args.data_dir, args.data_summary, args.model, args.run_info, args.history))
 
     run_stage(body)
 

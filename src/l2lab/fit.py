@@ -1,0 +1,162 @@
+"""The training loop: seeded batches from the split arrays, Keras fit, one log line and history row per epoch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2lab.errors import L2labError
+from l2lab.model import compile_model
+from l2lab.norms import kernels, weight_norms
+from l2lab.params import TrainParams
+
+log = logging.getLogger(__name__)
+
+EpochSink = Callable[[int, dict[str, float]], None]  # (epoch, that epoch's logs) -> None
+PREFETCH = 2  # batches gathered ahead of the one training uses
+VAL_BATCH = 256  # images per validation step: results do not depend on it; 1024 cost 240 MB more peak memory
+MAX_STEPS_PER_EXECUTION = 32  # training steps per call into the compiled graph: less Python per step
+CHANCE_LOSS = math.log(10)  # cross-entropy of guessing uniformly among 10 classes
+EXPLODED_LOSS = 100.0  # a data loss this far above chance (43x) is no result but a diverged run
+
+
+class DivergedError(L2labError):
+    """The loss became NaN or infinite."""
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow, and ask TensorFlow for deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A dataset of (uint8 images, int64 labels) batches and how many make one pass over the split."""
+
+    dataset: tf.data.Dataset
+    steps: int
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None, passes: int = 1) -> Batches:
+    """`passes` passes over (x, y), each reshuffled (seeded) when seed is given, else in order.
+
+    The pipeline shuffles indices and gathers a whole batch from the numpy arrays at
+    once: its cost is per batch, not per image (on 2 cores every cycle it takes is
+    one training does not get), and the images are never copied into a tensor, so
+    the stage holds one 138 MB copy of CIFAR-10's training split, not two.
+
+    Training reads all its epochs from one dataset (fit is given steps_per_epoch): Keras
+    then keeps one iterator for the whole run instead of building a new one each epoch,
+    which stalled some epochs by 3-5 s here (a third of a CIFAR-10 epoch). It ends
+    exactly after the last epoch, so no gather is in flight when the iterator goes.
+    """
+    labels = y.astype(np.int64, copy=False)
+
+    def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x[index], labels[index]  # (B, 32, 32, 3) uint8, (B,) int64
+
+    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images, targets = tf.numpy_function(gather, [index], (tf.uint8, tf.int64), stateful=False)
+        return tf.ensure_shape(images, (None, *x.shape[1:])), tf.ensure_shape(targets, (None,))
+
+    order = tf.data.Dataset.range(len(x))
+    if seed is not None:
+        order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    order = order.batch(batch_size).repeat(passes)  # the last batch of each pass may be smaller
+    steps = math.ceil(len(x) / batch_size)
+    # No autotuning: its background thread made every training run wait 15-20 s here when
+    # the iterator was freed (after the last epoch), and a fixed 2-batch prefetch keeps up.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return Batches(order.map(load).prefetch(PREFETCH).with_options(options), steps)
+
+
+def steps_per_execution(steps: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int:
+    """The largest divisor of an epoch's steps that is at most limit.
+
+    Keras runs whole chunks of steps_per_execution steps; a chunk that straddles two
+    epochs would move the epoch boundary (71 steps in chunks of 32 ran epochs of 96,
+    96 and 21 steps), so the chunk must divide the epoch.
+    """
+    return max(d for d in range(1, min(steps, limit) + 1) if steps % d == 0)
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Adds the penalty, kernel norms and timing to Keras's epoch logs, logs one line, hands them to sink.
+
+    Keras passes the same logs dict on to its History callback, so the history and
+    the sink (MLflow) see the same numbers.
+    """
+
+    def __init__(self, epochs: int, sink: EpochSink) -> None:
+        super().__init__()
+        self.epochs, self.sink = epochs, sink
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        logs.update(weight_terms(self.model))
+        logs["epoch_seconds"] = time.perf_counter() - self.started
+        step = epoch + 1
+        log.info(
+            "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f weight_norm %.3f (%.1f s)",
+            step, self.epochs, logs["loss"], logs["accuracy"], logs["val_loss"],
+            logs["val_accuracy"], logs["weight_norm.total"], logs["epoch_seconds"],
+        )
+        if not math.isfinite(logs["loss"]):
+            raise DivergedError(
+                f"training diverged at epoch {step}: loss is {logs['loss']}; "
+                "lower train.learning_rate or the penalty (train.l2, train.l1)"
+            )
+        data_loss = logs["loss"] - logs["penalty"]  # cross-entropy part (the penalty as at the epoch's end)
+        if data_loss > EXPLODED_LOSS:
+            raise DivergedError(
+                f"training diverged at epoch {step}: loss {data_loss:.3g} without the penalty, far above "
+                f"chance ({CHANCE_LOSS:.2f}); lower train.learning_rate"
+            )
+        self.sink(step, {k: float(v) for k, v in logs.items()})
+
+
+def weight_terms(model: keras.Model) -> dict[str, float]:
+    """The penalty Keras adds to the loss (model.losses: l2 * sum(W**2) + l1 * sum(|W|)) and the kernel norms."""
+    penalty = float(sum(float(term) for term in model.losses))
+    return {"penalty": penalty, **{f"weight_norm.{name}": v for name, v in weight_norms(kernels(model)).items()}}
+
+
+def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],
+                    val_xy: tuple[np.ndarray, np.ndarray]) -> tuple[Batches, Batches]:
+    """(train, val) batches reading from the arrays given (no copies)."""
+    return batches(*train_xy, train.batch_size, seed=train.seed, passes=train.epochs), batches(*val_xy, VAL_BATCH)
+
+
+def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train a fresh model; return it and its history: one row per epoch, "epoch" counted from 1.
+
+    callbacks run after the project's own (which stop on NaN and report each epoch).
+    """
+    make_deterministic(train.seed)
+    keras.mixed_precision.set_global_policy(train.precision)
+    model = compile_model(train, steps_per_execution(data.steps))
+    history = model.fit(
+        data.dataset,
+        steps_per_epoch=data.steps,
+        validation_data=val.dataset,
+        epochs=train.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), EpochReport(train.epochs, sink), *callbacks],
+        shuffle=False,  # the dataset reshuffles itself, seeded
+        verbose=0,
+    )
+    rows = {"epoch": [e + 1 for e in history.epoch]}
+    return model, rows | {k: [float(v) for v in values] for k, values in history.history.items()}

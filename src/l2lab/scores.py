@@ -1,0 +1,53 @@
+"""Score a trained model: test metrics, train/val accuracy, the gap, per-class report, final weight statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
+
+from l2lab.norms import kernels, sparsity, weight_norms
+
+PREDICT_BATCH = 1024  # images per forward pass; memory only, results do not depend on it
+
+
+def predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
+    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, Any]  # scalars, and dicts of scalars per layer
+    confusion: np.ndarray  # (10, 10) counts, rows = true class, columns = predicted
+    per_class: list[dict[str, Any]]  # one row per class: precision, recall (= its accuracy), f1, support
+    test_pred: np.ndarray  # (N_test,) predicted class per test image
+
+
+def per_class_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
+    """scikit-learn's classification report on the test split, one row per class."""
+    report = classification_report(y, pred, labels=range(len(classes)), target_names=classes,
+                                   output_dict=True, zero_division=0)
+    return [{"class": name, **{k: float(v) for k, v in report[name].items()}} for name in classes]
+
+
+def evaluate(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]) -> Evaluation:
+    """Accuracy and loss on test, accuracy on train and val, the gap, and final weight statistics."""
+    probs = {name: predict(model, x) for name, (x, _) in splits.items()}
+    pred = {name: p.argmax(axis=1) for name, p in probs.items()}
+    y = {name: labels for name, (_, labels) in splits.items()}
+    labels = list(range(len(classes)))
+    ks = kernels(model)
+    metrics: dict[str, Any] = {
+        "test_accuracy": float(accuracy_score(y["test"], pred["test"])),
+        "test_loss": float(log_loss(y["test"], probs["test"], labels=labels)),  # cross-entropy, no penalty
+        "train_accuracy": float(accuracy_score(y["train"], pred["train"])),
+        "val_accuracy": float(accuracy_score(y["val"], pred["val"])),
+    }
+    metrics["generalization_gap"] = metrics["train_accuracy"] - metrics["test_accuracy"]
+    metrics["weight_norm"] = weight_norms(ks)
+    metrics["sparsity"] = sparsity(ks)
+    return Evaluation(metrics, confusion_matrix(y["test"], pred["test"], labels=labels),
+                      per_class_rows(y["test"], pred["test"], classes), pred["test"])

@@ -1,0 +1,243 @@
+"""A pipeline run in MLflow: how it starts (or takes up a sweep's reservation), what it holds, how it ends."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import numpy as np
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
+
+from l2lab.deps import code_digest
+from l2lab.errors import L2labError
+from l2lab.tracking.owners import end_stale_runs, owner_tags
+from l2lab.tracking.store import Store, bind_fluent, search_runs
+
+log = logging.getLogger(__name__)
+
+MODEL_URI_TAG = "l2lab.model_uri"
+DEMO_NOTE = (
+    "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
+    "archive format, so the whole pipeline can run offline. Its accuracy says nothing about CIFAR-10."
+)
+BATCH = 100  # metrics per log_batch call (MLflow's limit is 1000)
+PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests runs (start_run(parent_run_id=...) sets it too)
+RESERVED = "SCHEDULED"  # a sweep's point run that no stage has taken up yet
+
+
+class DiskFullError(L2labError):
+    """A write failed because its filesystem is full."""
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """The path (or "unknown path") of an ENOSPC/EDQUOT error anywhere in exc's chain; None if there is none."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error.filename or "unknown path"
+        if "No space left on device" in str(error):
+            return "unknown path"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def git_commit(cwd: Path) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries a trained model depends on, by package name."""
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def code_tags(stage: str) -> dict[str, str]:
+    """Which code a stage ran: its commit and a digest of the source files it imports.
+
+    The digest changes with any edit to those files, committed or not; evaluate
+    records its own, so a re-run evaluation says which code produced its numbers.
+    """
+    tags = {f"l2lab.{stage}.code": code_digest(f"l2lab.stages.{stage}")}
+    commit = git_commit(Path.cwd())
+    if commit:
+        tags[f"l2lab.{stage}.git.commit"] = commit
+    return tags
+
+
+def training_tags(data_summary: dict[str, Any], split_sha256: dict[str, str]) -> dict[str, str]:
+    """Tags that say where a training run came from: code, experiment, data, library versions."""
+    tags = {
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "data.sha256": data_summary.get("source_sha256", ""),
+        "data.dataset": data_summary.get("dataset", ""),
+        **{f"data.{split}.sha256": digest for split, digest in split_sha256.items()},  # the split files read
+        **{f"{name}.version": version for name, version in library_versions().items()},
+        **code_tags("train"),
+    }
+    if "l2lab.train.git.commit" in tags:
+        tags["mlflow.source.git.commit"] = tags["l2lab.train.git.commit"]  # MLflow's UI shows this one
+    if data_summary.get("synthetic"):  # the offline demo: say so wherever the run is shown
+        tags["mlflow.note.content"] = DEMO_NOTE
+    return {k: v for k, v in tags.items() if v}
+
+
+class Run:
+    """One MLflow run of the pipeline, written through the store's client (every write retried)."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.store.write(lambda: self.store.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.store.write(lambda: self.store.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Scalars at one step (an epoch, counted from 1; 0 for end-of-run values)."""
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(entries), BATCH):
+            chunk = entries[start : start + BATCH]
+            self.store.write(lambda: self.store.client.log_batch(self.run_id, metrics=chunk))
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.store.write(lambda: self.store.client.log_figure(self.run_id, figure, name))
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        self.store.write(lambda: self.store.client.log_dict(self.run_id, data, name))
+
+    def log_table(self, table: Any, name: str) -> None:
+        """A table artifact (a DataFrame) that the UI shows as a table."""
+        self.store.write(lambda: self.store.client.log_table(self.run_id, table, name))
+
+    def log_model(self, model: Any, example: np.ndarray) -> None:
+        """The model as an MLflow model named "model" (pyfunc-loadable), and its weights file.
+
+        On a full disk (or any failure) the half-written model is removed, not left behind.
+        """
+        try:
+            self._log_model(model, example)
+        except BaseException as exc:
+            self._remove_unfinished_models()
+            full = disk_full(exc)
+            if full is not None:
+                raise DiskFullError(f"no space left on the device holding {full} while logging the model; "
+                                    "free space there (or point the artifacts elsewhere) and run again") from None
+            raise
+
+    def _remove_unfinished_models(self) -> None:
+        """Delete this run's logged models that never became READY, and their local artifact files."""
+        client = self.store.client
+        for logged in client.search_logged_models([self.store.experiment_id],
+                                                  filter_string=f"source_run_id = '{self.run_id}'"):
+            if logged.status == LoggedModelStatus.READY:
+                continue
+            location = urlsplit(logged.artifact_location)
+            if location.scheme == "file":  # .../models/m-<id>/artifacts: remove the model's whole folder
+                shutil.rmtree(Path(url2pathname(location.path)).parent, ignore_errors=True)
+            self.store.write(lambda: client.delete_logged_model(logged.model_id))
+            log.info("removed the unfinished MLflow model %s", logged.model_id)
+
+    def _log_model(self, model: Any, example: np.ndarray) -> None:
+        import mlflow.tensorflow
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        # Stated, not inferred: MLflow infers them by loading the model in a subprocess,
+        # a second TensorFlow import that cost every run about 5 s here.
+        requirements = [f"{name}=={version}" for name, version in library_versions().items()]
+        bind_fluent(self.store)
+        info = self.store.write(lambda: mlflow.tensorflow.log_model(
+            model, name="model", signature=signature, pip_requirements=requirements, run_id=self.run_id))
+        self.set_tags({MODEL_URI_TAG: info.model_uri})  # models:/<id>, what the registry wants
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / "model.weights.h5"
+            model.save_weights(weights)
+            self.store.write(lambda: self.store.client.log_artifact(self.run_id, str(weights), artifact_path="weights"))
+
+
+@contextmanager
+def ending(store: Store, run_id: str, failed: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other error."""
+    def end(status: int) -> None:
+        store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(status)))
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        end(RunStatus.KILLED)
+        raise
+    except BaseException:
+        end(RunStatus.FAILED)
+        raise
+    status = RunStatus.FAILED if failed() else RunStatus.FINISHED
+    end(status)
+    log.info("MLflow run %s ended %s", run_id, RunStatus.to_string(status))
+
+
+@contextmanager
+def training_run(store: Store, params: dict[str, Any], data_summary: dict[str, Any],
+                 split_sha256: dict[str, str]) -> Iterator[Run]:
+    """Start the pipeline's run, log params and tags; yield it.
+
+    The run is named after the DVC experiment. When a sweep reserved a run for that
+    experiment, this is that run, already nested under the sweep's parent. Runs left
+    RUNNING by a process that is gone are ended KILLED first.
+    """
+    end_stale_runs(store)
+    name = os.environ.get("DVC_EXP_NAME") or None
+    if name is None and data_summary.get("synthetic"):
+        name = "demo-synthetic-data"
+    run_id = take_reservation(store, name) if name else None
+    if run_id is None:
+        run_id = store.write(lambda: store.client.create_run(store.experiment_id, run_name=name, tags=owner_tags())).info.run_id
+    run = Run(store, run_id)
+    log.info("MLflow run %s (%s) in %s", run_id, name or "unnamed", store.uri)
+    with ending(store, run_id):
+        run.set_tags(training_tags(data_summary, split_sha256))
+        run.log_params(params)
+        yield run
+
+
+def take_reservation(store: Store, exp_name: str) -> str | None:
+    """The run a sweep reserved for this DVC experiment, now RUNNING; None when there is none."""
+    waiting = search_runs(store, f"tags.`dvc.exp_name` = '{quote(exp_name)}' and attributes.status = '{RESERVED}'")
+    if not waiting:
+        return None
+    run_id = waiting[0].info.run_id
+    Run(store, run_id).set_tags(owner_tags())  # before RUNNING: a RUNNING run always names its process
+    store.write(lambda: store.client.update_run(run_id, status="RUNNING"))
+    return run_id
+
+
+def quote(value: str) -> str:
+    """A value for an MLflow filter string's single-quoted literal."""
+    return value.replace("'", "\\'")
+
+
+@contextmanager
+def resumed_run(store: Store, run_id: str, stage: str) -> Iterator[Run]:
+    """Reopen the training's run for a later stage, tagged with that stage's code."""
+    end_stale_runs(store)
+    run = Run(store, run_id)
+    run.set_tags(owner_tags())
+    store.write(lambda: store.client.update_run(run_id, status="RUNNING"))
+    with ending(store, run_id):
+        run.set_tags(code_tags(stage))
+        yield run

@@ -1,0 +1,209 @@
+"""Where runs go: the tracking URI, one client bound to it, first-use locking, retries while busy."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import mlflow
+from mlflow import MlflowClient
+
+from l2lab.errors import L2labError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXPERIMENT = "cifar10-l2"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+LOCK_NAME = ".mlflow.db.lock"
+BUSY = ("database is locked", "database table is locked")  # SQLite: another writer holds the file
+
+
+class MlflowBusyError(L2labError):
+    """The tracking store stayed locked through every retry."""
+
+
+class BrokenStoreError(L2labError):
+    """The tracking database is not a readable MLflow database (truncated, overwritten, not SQLite)."""
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The main repository: DVC_ROOT (or cwd), lifted out of a queued experiment's temp copy.
+
+    `dvc exp run --queue/--temp` runs stages in <repo>/.dvc/tmp/exps/<tmp>/, so the
+    database the user browses lives above that copy's ".dvc" folder.
+    """
+    path = (start or Path(os.environ.get("DVC_ROOT") or Path.cwd())).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else the repo's sqlite:///<root>/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DB_NAME}"
+
+
+@dataclass(frozen=True)
+class Store:
+    """A tracking store, a client bound to its URI, and the cifar10-l2 experiment in it."""
+
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+
+    def write(self, call: Callable[[], T]) -> T:
+        """Run one write against the store, retried while it is busy."""
+        return retrying(call, where=self.uri)
+
+
+@contextmanager
+def _first_use_lock(root: Path) -> Iterator[None]:
+    """Serialise the first touch of the store across processes.
+
+    Two queued experiments opening a fresh SQLite database at once both run MLflow's
+    schema migration and one fails (or leaves alembic's temporary tables behind).
+    An exclusive lock on a file beside the database makes creation happen once.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_NAME).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def connect(root: Path | None = None) -> Store:
+    """The store for this repo (creating the database and the experiment on first use)."""
+    root = (root or repo_root()).resolve()
+    uri = tracking_uri(root)
+    with _first_use_lock(root):
+        db = sqlite_path(uri)
+        if db is not None and (not db.exists() or db.stat().st_size == 0):
+            _create_database(db, root)
+        elif db is not None:
+            check_database(db)
+        client = MlflowClient(tracking_uri=uri)
+        experiment = retrying(lambda: client.get_experiment_by_name(EXPERIMENT), where=uri)
+        if experiment is not None:
+            return Store(uri, client, experiment.experiment_id)
+        created = retrying(lambda: client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root)),
+                           where=uri)
+        return Store(uri, client, created)
+
+
+def check_database(db: Path) -> None:
+    """Refuse, untouched, a database file that SQLite cannot read whole or that MLflow did not make."""
+    def broken(why: str) -> BrokenStoreError:
+        return BrokenStoreError(f"{db} is not a readable MLflow database ({why}); it was left as it is: restore it "
+                                f"from a backup, or move it aside (mv {db} {db}.broken) and runs start afresh")
+
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+            problems = [row[0] for row in con.execute("PRAGMA quick_check(1)")]
+            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise broken(str(exc)) from None
+    if problems != ["ok"]:
+        raise broken(f"SQLite: {problems[0]}")
+    if "alembic_version" not in tables or "runs" not in tables:
+        raise broken("an SQLite file without MLflow's tables")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _artifacts(root: Path) -> str:
+    return (root / ARTIFACTS_DIR).as_uri()
+
+
+def _create_database(db: Path, root: Path) -> None:
+    """Create, migrate and fill a new SQLite store under a temporary name, then rename it into place.
+
+    MLflow migrates a database's schema on first open, and two processes migrating
+    one file at once break it (alembic: "expected to match one row"). Built aside and
+    renamed, the file at `db` is never half-migrated: any reader (the UI, a notebook,
+    another stage) either finds no file or a finished one, and has nothing to migrate.
+    """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+        client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root))
+        _close_engine(f"sqlite:///{tmp}")
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("created the MLflow database %s", db)
+
+
+def _close_engine(uri: str) -> None:
+    """Close and forget MLflow's cached SQLAlchemy engine for uri (the temporary file is renamed next)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)  # the cache MLflow 3 keeps
+    if engine is not None:
+        engine.dispose()
+
+
+def bind_fluent(store: Store) -> None:
+    """Point MLflow's process-wide state at this store, for the calls that read nothing else.
+
+    mlflow.<flavor>.log_model and mlflow.register_model take no client: they read the
+    global tracking URI and active experiment. Only those two callers use this.
+    """
+    mlflow.set_tracking_uri(store.uri)
+    mlflow.set_experiment(experiment_id=store.experiment_id)
+
+
+def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, where: str = "") -> T:
+    """Run an MLflow call, retrying with backoff while the store is busy (SQLite "database is locked").
+
+    Only a busy database is transient: any other error (a missing table, a bad
+    argument, a broken file) is raised at once.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
+            if not busy(exc):
+                raise
+            first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if attempt == attempts - 1:
+                raise MlflowBusyError(f"MLflow store {where or mlflow.get_tracking_uri()} still busy after "
+                                      f"{attempts} tries: {first_line}") from None
+            wait = first_wait * 2**attempt
+            log.warning("MLflow store busy (%s); retrying in %.1f s", first_line[:120], wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def busy(exc: BaseException) -> bool:
+    """Whether an error means the database is locked by another writer (and worth a retry)."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:  # MLflow may wrap SQLAlchemy's error
+        seen.add(id(error))
+        if any(text in str(error) for text in BUSY):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def search_runs(store: Store, filter_string: str, **kwargs: Any) -> list:
+    """Runs of the cifar10-l2 experiment matching an MLflow filter string."""
+    return store.client.search_runs([store.experiment_id], filter_string=filter_string, **kwargs)

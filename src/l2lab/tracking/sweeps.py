@@ -1,0 +1,107 @@
+"""A sweep in MLflow: its parent run, the child runs it reserves up front, and what it recorded."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from mlflow.entities import Param, RunStatus
+
+from l2lab.errors import L2labError
+from l2lab.tracking.owners import owner_tags
+from l2lab.tracking.runs import PARENT_TAG, RESERVED, ending, quote
+from l2lab.tracking.store import Store, search_runs
+
+log = logging.getLogger(__name__)
+
+SWEEP_TAG = "l2lab.sweep_id"
+ROLE_TAG = "l2lab.role"  # "sweep" on a sweep's parent run, "point" on a run it reserved
+AXIS_PREFIX = "sweep."  # parent params: sweep.<params.yaml key> = comma-separated values
+FIXED_PREFIX = "sweep.fixed."
+
+
+@dataclass
+class SweepParent:
+    run_id: str
+    failed: bool = False  # set when a point failed: the parent then ends FAILED
+
+
+@contextmanager
+def sweep_parent(store: Store, sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> Iterator[SweepParent]:
+    """The parent run that groups a sweep's runs; ends FINISHED, FAILED or KILLED."""
+    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "mlflow.note.content": _note(axes, fixed), **owner_tags()}
+    run = store.write(lambda: store.client.create_run(store.experiment_id, run_name=sweep_id, tags=tags))
+    parent = SweepParent(run.info.run_id)
+    params = {f"{AXIS_PREFIX}{k}": ",".join(v) for k, v in axes.items()}
+    params |= {f"{FIXED_PREFIX}{k}": v for k, v in fixed.items()}
+    with ending(store, parent.run_id, lambda: parent.failed):
+        store.write(lambda: store.client.log_batch(parent.run_id, params=[Param(k, v) for k, v in params.items()]))
+        try:
+            yield parent
+        finally:
+            cancel_reservations(store, parent.run_id)
+
+
+def _note(axes: dict[str, list[str]], fixed: dict[str, str]) -> str:
+    grid = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in axes.items())
+    extra = ", ".join(f"{k}={v}" for k, v in fixed.items())
+    return f"Sweep over {grid}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
+
+
+def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str) -> str:
+    """Create a point's run before it is queued: named, nested under the parent, waiting (SCHEDULED)."""
+    tags = {PARENT_TAG: parent_id, SWEEP_TAG: sweep_id, ROLE_TAG: "point", "dvc.exp_name": exp_name}
+    run_id = store.write(lambda: store.client.create_run(store.experiment_id, run_name=exp_name, tags=tags)).info.run_id
+    store.write(lambda: store.client.update_run(run_id, status=RESERVED))
+    return run_id
+
+
+def end_unstarted(store: Store, run_id: str) -> None:
+    """End a reserved run FAILED if its point finished without taking it up (it failed before training)."""
+    if store.client.get_run(run_id).info.status == RESERVED:
+        store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
+
+
+def cancel_reservations(store: Store, parent_id: str) -> None:
+    """End the parent's still-waiting reservations KILLED: their points never started."""
+    for run in search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = '{RESERVED}'"):
+        store.write(lambda: store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED)))
+        log.info("%s never started; its reserved run ends KILLED", run.info.run_name)
+
+
+def latest_sweep(store: Store) -> tuple[str, str]:
+    """(sweep id, parent run id) of the most recent sweep."""
+    runs = search_runs(store, f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise L2labError(f"no sweep found in {store.uri}; run `l2lab sweep` first")
+    return runs[0].data.tags[SWEEP_TAG], runs[0].info.run_id
+
+
+def sweep_parent_id(store: Store, sweep_id: str) -> str:
+    """The parent run id of a sweep."""
+    runs = search_runs(store, f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{quote(sweep_id)}'")
+    if not runs:
+        raise L2labError(f"no sweep {sweep_id!r} in {store.uri}")
+    return runs[0].info.run_id
+
+
+def sweep_axes(store: Store, parent_id: str) -> dict[str, list[float]]:
+    """What the sweep varied, as it logged it: params.yaml key -> its values, in grid order."""
+    params = store.client.get_run(parent_id).data.params
+    return {key.removeprefix(AXIS_PREFIX): [float(v) for v in value.split(",")]
+            for key, value in params.items() if key.startswith(AXIS_PREFIX) and not key.startswith(FIXED_PREFIX)}
+
+
+def sweep_runs(store: Store, parent_id: str) -> list[dict[str, Any]]:
+    """The sweep's child runs as plain dicts: run_id, name, status, params, metrics, val_curve."""
+    def val_curve(run_id: str) -> list[float]:
+        history = store.client.get_metric_history(run_id, "val_accuracy")
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+    return [
+        {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "params": dict(r.data.params),
+         "metrics": dict(r.data.metrics), "val_curve": val_curve(r.info.run_id)}
+        for r in search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    ]

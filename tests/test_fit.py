@@ -1,0 +1,98 @@
+"""The training loop in process, on tiny arrays: an epoch is one pass over the data, whatever N and batch size."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from l2lab import fit as fit_module
+from l2lab.fit import DivergedError, batches, fit, input_pipelines, steps_per_execution
+from l2lab.params import TrainParams
+from l2lab.synthetic import draw_images
+
+TRAIN = dict(seed=3, l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=3,
+             precision="float32")
+
+
+def test_steps_per_execution_divides_every_epoch() -> None:
+    for steps in range(1, 800):
+        chunk = steps_per_execution(steps)
+        assert steps % chunk == 0 and 1 <= chunk <= fit_module.MAX_STEPS_PER_EXECUTION
+    assert [steps_per_execution(s) for s in (704, 71, 5, 450, 352)] == [32, 1, 5, 30, 32]
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(70, 16), (71, 8), (64, 64)])
+def test_each_pass_holds_every_image_once_and_reshuffles(n: int, batch_size: int) -> None:
+    x = np.zeros((n, 32, 32, 3), np.uint8)
+    y = np.arange(n)  # the label names the image
+    data = batches(x, y, batch_size, seed=5, passes=3)
+    seen = [labels.numpy() for _, labels in data.dataset]
+    assert len(seen) == 3 * data.steps and data.steps == -(-n // batch_size)
+    passes = [np.concatenate(seen[i * data.steps : (i + 1) * data.steps]) for i in range(3)]
+    for order in passes:
+        assert sorted(order) == list(range(n))
+    assert not np.array_equal(passes[0], passes[1])  # reshuffled each epoch
+
+
+class Steps(keras.callbacks.Callback):
+    """The optimizer's step count at each epoch's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_end: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.at_end.append(int(self.model.optimizer.iterations.numpy()))
+
+
+def learnable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-coloured shapes over noise (the demo's images): a small CNN learns them in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    return draw_images(y, rng), y.astype(np.int64)
+
+
+# (N, batch): 71 steps of 8 is prime (one step per execution), 300/64 ends on a short batch,
+# 320/32 divides evenly. Under the old fixed 32-step executions 71 steps ran epochs of 96, 96 and 21.
+@pytest.mark.parametrize(("n", "batch_size"), [(568, 8), (300, 64), (320, 32)])
+def test_every_epoch_trains_on_every_image_once(monkeypatch: pytest.MonkeyPatch, n: int, batch_size: int) -> None:
+    train = TrainParams(**{**TRAIN, "batch_size": batch_size})
+    x, y = learnable(n, seed=0)
+    gathered = []
+    real_batches = fit_module.batches
+
+    def counting(x: np.ndarray, y: np.ndarray, *args: object, **kwargs: object) -> fit_module.Batches:
+        class Counted(np.ndarray):
+            def __getitem__(self, index: object) -> np.ndarray:
+                picked = np.asarray(super().__getitem__(index))
+                gathered.append(len(picked))
+                return picked
+
+        return real_batches(x.view(Counted), y, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "batches", counting)
+    data, val = input_pipelines(train, (x, y), learnable(40, seed=1))
+    rows: list[tuple[int, dict[str, float]]] = []
+    steps = Steps()
+    model, history = fit(train, data, val, lambda epoch, logs: rows.append((epoch, logs)), [steps])
+
+    per_epoch = -(-n // batch_size)
+    assert steps.at_end == [per_epoch * e for e in (1, 2, 3)]  # every epoch is exactly one pass of steps
+    assert sum(gathered) == 3 * n + 40 * 3  # 3 passes over train, one val pass per epoch: nothing more
+    assert history["epoch"] == [1, 2, 3] and [epoch for epoch, _ in rows] == [1, 2, 3]
+    assert history["loss"][2] < history["loss"][0]  # it learns
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "penalty", "weight_norm.total", "epoch_seconds"):
+        assert len(history[key]) == 3, key
+        assert [logs[key] for _, logs in rows] == history[key], key  # the sink and the history: one dict
+    assert history["penalty"][-1] == pytest.approx(float(sum(float(t) for t in model.losses)), rel=1e-6)
+
+
+@pytest.mark.fault
+def test_an_exploding_loss_ends_the_run_as_diverged() -> None:
+    """learning_rate = 10 gave loss 1.96e9 and a FINISHED run that looked like a result."""
+    train = TrainParams(**{**TRAIN, "learning_rate": 10.0, "batch_size": 16, "epochs": 3})
+    data, val = input_pipelines(train, learnable(320, seed=0), learnable(40, seed=1))
+    with pytest.raises(DivergedError, match=r"^training diverged at epoch 1: loss .* without the penalty, far above "
+                                            r"chance \(2.30\); lower train.learning_rate$|loss is nan"):
+        fit(train, data, val, lambda epoch, logs: None)
