@@ -14,8 +14,12 @@ PREDICT_BATCH = 1024  # images per forward pass; memory only, results do not dep
 
 
 def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3)."""
-    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3), rows summing to 1 in float64.
+
+    The float32 softmax sums to 1 only within rounding; scikit-learn's log_loss warns on that.
+    """
+    probs = np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,8 @@ def per_class_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[
     """scikit-learn's classification report on the test split, one row per class."""
     report = classification_report(y, pred, labels=range(len(classes)), target_names=classes,
                                    output_dict=True, zero_division=0)
-    return [{"class": name, **{k: float(v) for k, v in report[name].items()}} for name in classes]
+    return [{"class": name, **{k: (int(v) if k == "support" else float(v)) for k, v in report[name].items()}}
+            for name in classes]
 
 
 def evaluate(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]) -> Evaluation:
