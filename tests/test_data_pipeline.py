@@ -39,8 +39,7 @@ def test_repro_downloads_preprocesses_and_then_does_nothing(
     second = run(project, "dvc", "repro", "preprocess")
     assert "Running stage" not in second.stdout
     assert "up to date" in run(project, "dvc", "status", "preprocess").stdout
-    shown = run(project, "dvc", "metrics", "show").stdout
-    assert "reports/data.json" in shown and "val.total" in shown
+    assert "reports/data.json" not in run(project, "dvc", "metrics", "show").stdout  # a plain output, not 40 columns
 
 
 def test_file_url_works_through_dvc(project: Path, small_archive: Path, small_archive_sha256: str) -> None:

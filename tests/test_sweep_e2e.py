@@ -104,7 +104,7 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     seen_running, orphans = watch_nesting(project, proc)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr  # the 1e30 points diverge
-    assert "error: 2 of 4 points failed:" in stderr and "-l21e30" in stderr
+    assert "error: 2 of 4 points failed:" in stderr and "l2=1e30_sweep-" in stderr
     assert "Champion (best validation accuracy): train.l2 = 0.003" in stdout
     # Every point's run was nested under the sweep from the moment it existed, also while it trained.
     assert seen_running > 0 and orphans == []

@@ -30,7 +30,7 @@ def test_parse_values_and_sets() -> None:
 
 def test_grid_is_the_cartesian_product_with_fixed_overrides() -> None:
     points = grid("sw1", {"train.l2": ["0", "1e-4"], "train.seed": ["1", "2"]}, {"train.epochs": "1"})
-    assert [p.name for p in points] == ["sw1-l20-seed1", "sw1-l20-seed2", "sw1-l21e-4-seed1", "sw1-l21e-4-seed2"]
+    assert [p.name for p in points] == ["l2=0_seed=1_sw1", "l2=0_seed=2_sw1", "l2=1e-4_seed=1_sw1", "l2=1e-4_seed=2_sw1"]
     assert points[3].sets == {"train.epochs": "1", "train.l2": "1e-4", "train.seed": "2"}
 
 
@@ -87,10 +87,10 @@ def test_a_running_point_is_alive_even_when_dvc_reports_no_workers(monkeypatch: 
     monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
     points = grid("sw", {"train.l2": ["0", "1"]}, {})
     # DVC issues #10427/#8614: 0 workers while tasks run. Longer than STALLED_POLLS, then both finish.
-    states = [({"sw-l20": "Running", "sw-l21": "Queued"}, 0)] * 20 + [({"sw-l20": "Success", "sw-l21": "Failed"}, 0)]
+    states = [({"l2=0_sw": "Running", "l2=1_sw": "Queued"}, 0)] * 20 + [({"l2=0_sw": "Success", "l2=1_sw": "Failed"}, 0)]
     done = []
     result = wait(points, Path("."), lambda name, status: done.append((name, status)), lambda cwd: states.pop(0))
-    assert result == {"sw-l20": "Success", "sw-l21": "Failed"} and done == [("sw-l20", "Success"), ("sw-l21", "Failed")]
+    assert result == {"l2=0_sw": "Success", "l2=1_sw": "Failed"} and done == [("l2=0_sw", "Success"), ("l2=1_sw", "Failed")]
 
 
 @pytest.mark.fault
@@ -101,9 +101,9 @@ def test_a_queue_with_nothing_running_and_no_workers_gives_up(monkeypatch: pytes
 
     def state(cwd: Path) -> tuple[dict[str, str], int]:
         polls.append(1)
-        return {"sw-l20": "Success", "sw-l21": "Queued"}, 0
+        return {"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 0
 
-    with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(sw-l21\)"):
+    with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(l2=1_sw\)"):
         wait(points, Path("."), lambda name, status: None, state)
     assert len(polls) == STALLED_POLLS + 1  # it waits STALLED_POLLS polls past the first idle one
 

@@ -75,9 +75,16 @@ def gc(args: argparse.Namespace) -> int:
     return 0
 
 
+# MLflow 3.17 starts 4 web workers plus a job runner and queue consumers (GenAI scorers,
+# trace roll-ups): on 2 cores under a training load that took minutes to answer. One user
+# browsing runs needs one worker and no jobs.
+UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def ui_command(store_uri: str, port: int) -> list[str]:
-    """`mlflow ui` on loopback only (README: how to share it safely)."""
-    return ["mlflow", "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1", "--port", str(port)]
+    """`mlflow ui` on loopback only (README: how to share it safely), one worker."""
+    return ["mlflow", "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]
 
 
 def ui(args: argparse.Namespace) -> int:
@@ -91,7 +98,7 @@ def ui(args: argparse.Namespace) -> int:
     store = connect()
     command = ui_command(store.uri, args.port)
     log.info("MLflow UI on http://127.0.0.1:%d for %s", args.port, store.uri)
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, {**os.environ, **UI_ENV})
     return 0  # not reached: exec replaces this process
 
 

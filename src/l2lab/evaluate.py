@@ -44,7 +44,8 @@ def evaluate(paths: EvalPaths) -> dict:
     model = keras.models.load_model(paths.model)
     with resumed_run(store, run_id, "evaluate") as run:
         result = score(model, splits, classes)
-        metrics = {**result.metrics, "mlflow_run_id": run_id}
+        lead = ("val_accuracy", "test_accuracy", "generalization_gap", "weight_norm")  # what dvc exp show shows first
+        metrics = {**{k: result.metrics[k] for k in lead}, "mlflow_run_id": run_id, **result.metrics}
         write_confusion_pairs(paths.confusion, splits["test"][1], result.test_pred, classes)
         header = list(result.per_class[0])
         write_rows(paths.per_class, header, [[row[k] for k in header] for row in result.per_class])

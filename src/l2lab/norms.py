@@ -14,13 +14,13 @@ def kernels(model: object) -> dict[str, np.ndarray]:
 
 
 def weight_norms(ks: dict[str, np.ndarray]) -> dict[str, float]:
-    """L2 norm of each kernel, and of all of them together under "total"."""
+    """L2 norm of all kernels together under "total" (first: tables lead with it), then of each kernel."""
     squares = {name: float(np.sum(k * k)) for name, k in ks.items()}
-    return {**{name: float(np.sqrt(s)) for name, s in squares.items()}, "total": float(np.sqrt(sum(squares.values())))}
+    return {"total": float(np.sqrt(sum(squares.values()))), **{name: float(np.sqrt(s)) for name, s in squares.items()}}
 
 
 def sparsity(ks: dict[str, np.ndarray], below: float = SPARSE_BELOW) -> dict[str, float]:
     """Fraction of kernel weights with |w| < below, per layer and over all kernels ("total")."""
     small = {name: int(np.count_nonzero(np.abs(k) < below)) for name, k in ks.items()}
     sizes = {name: k.size for name, k in ks.items()}
-    return {**{n: small[n] / sizes[n] for n in ks}, "total": sum(small.values()) / sum(sizes.values())}
+    return {"total": sum(small.values()) / sum(sizes.values()), **{n: small[n] / sizes[n] for n in ks}}

@@ -64,12 +64,16 @@ def parse_sets(sets: list[str]) -> dict[str, str]:
 
 
 def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> list[Point]:
-    """The cartesian product of the axes (param key -> values), each point with the fixed overrides."""
+    """The cartesian product of the axes (param key -> values), each point with the fixed overrides.
+
+    A point is named with its swept values first ("l2=0.001_seed=1_<sweep id>"): UIs that
+    cut long names (MLflow's runs table, dvc exp show) still show what the point is.
+    """
     points = []
     for combo in itertools.product(*axes.values()):
         varying = dict(zip(axes, combo))
-        label = "-".join(f"{key.split('.')[-1].replace('_', '')}{_slug(v)}" for key, v in varying.items())
-        points.append(Point(f"{sweep_id}-{label}", {**fixed, **varying}))
+        label = "_".join(f"{key.split('.')[-1]}={_slug(v)}" for key, v in varying.items())
+        points.append(Point(f"{label}_{sweep_id}", {**fixed, **varying}))
     return points
 
 

@@ -24,6 +24,8 @@ EXPERIMENT = "cifar10-l2"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LOCK_NAME = ".mlflow.db.lock"
+# MLflow 3's UI opens an experiment by its kind: on its training runs, not the GenAI overview.
+KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 BUSY = ("database is locked", "database table is locked")  # SQLite: another writer holds the file
 
 
@@ -96,11 +98,14 @@ def connect(root: Path | None = None) -> Store:
             check_database(db)
         client = MlflowClient(tracking_uri=uri)
         experiment = retrying(lambda: client.get_experiment_by_name(EXPERIMENT), where=uri)
-        if experiment is not None:
-            return Store(uri, client, experiment.experiment_id)
-        created = retrying(lambda: client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root)),
-                           where=uri)
-        return Store(uri, client, created)
+        if experiment is None:
+            created = retrying(lambda: client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root),
+                                                                tags=KIND_TAGS), where=uri)
+            return Store(uri, client, created)
+        for key, value in KIND_TAGS.items():  # experiments made before l2lab set it
+            if experiment.tags.get(key) != value:
+                retrying(lambda: client.set_experiment_tag(experiment.experiment_id, key, value), where=uri)
+        return Store(uri, client, experiment.experiment_id)
 
 
 def check_database(db: Path) -> None:
@@ -143,7 +148,7 @@ def _create_database(db: Path, root: Path) -> None:
     tmp.unlink(missing_ok=True)
     try:
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
-        client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root))
+        client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root), tags=KIND_TAGS)
         _close_engine(f"sqlite:///{tmp}")
         os.replace(tmp, db)
     finally:
