@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test test-all demo ui bench install clean-venv
+.PHONY: repro test test-all demo ui exps bench install clean-venv
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test-all: $(STAMP)
 # Side-by-side training benchmark against the seed article's loop; writes reports/bench.json.
 bench: $(STAMP)
 	$(RUN) python bench/train_speed.py
+
+# The experiments table a lambda study reads: accuracies, gap, total norm, run id, then the
+# params that differ between experiments (source hashes, data paths, per-layer columns dropped).
+EXPS_DROP := ^(src|data|models|reports)/|^data\.(url|sha256)$$|^(weight_norm|sparsity)\.(conv|dense)|^test_loss$$|^train_accuracy$$|^Created$$
+exps: $(STAMP)
+	$(RUN) dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)'
 
 demo: $(STAMP)
 	$(RUN) python -m l2lab.demo
