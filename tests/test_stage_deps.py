@@ -64,3 +64,4 @@ def test_code_digest_follows_the_closure(copy_of_src: Path) -> None:
     (src / "l2lab" / "fit.py").write_text((src / "l2lab" / "fit.py").read_text() + "\n# an edit\n")
     assert code_digest("l2lab.stages.train", src) != before["train"]  # train imports fit
     assert code_digest("l2lab.stages.evaluate", src) == before["evaluate"]  # evaluate does not
+

@@ -130,3 +130,29 @@ def test_jobs_are_clamped_to_points_and_cores(caplog: pytest.LogCaptureFixture) 
     assert "--jobs 1000: starting 2 worker(s) (5 point(s), 2 core(s))" in caplog.text
     assert worker_count(4, points=3, cores=16) == 3
     assert worker_count(2, points=8, cores=2) == 2
+
+
+def test_progress_line_shows_each_running_point_and_the_time_left() -> None:
+    from l2lab.sweep import Progress, progress_line
+
+    line = progress_line(1, 4, 0, {"l2=0.01_sw": Progress(5, 10, 0.6123)}, elapsed=300.0)
+    # 1.5 points done in 300 s: 2.5 left take 500 s
+    assert line == "1/4 done (0 failed), 1 running; l2=0.01_sw: epoch 5/10, val_accuracy 0.6123; about 8 min left"
+    assert progress_line(0, 2, 0, {"a": Progress(0, 10, None)}, elapsed=20.0) == "0/2 done (0 failed), 1 running; a: epoch 0/10"
+    assert progress_line(2, 2, 1, {}, elapsed=50.0) == "2/2 done (1 failed), 0 running"
+
+
+def test_a_sweep_reports_running_epochs_while_nothing_finishes(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from l2lab.sweep import Progress
+
+    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    monkeypatch.setattr("l2lab.sweep.PROGRESS_SECONDS", 0.0)  # every poll counts as 30 s later
+    points = grid("sw", {"train.l2": ["0"]}, {})
+    states = [({"l2=0_sw": "Running"}, 1)] * 3 + [({"l2=0_sw": "Success"}, 1)]
+    epochs = iter([1, 2, 3])
+    wait(points, Path("."), lambda name, status: None, lambda cwd: states.pop(0),
+         lambda name: Progress(next(epochs), 3, 0.5))
+    lines = [r.message for r in caplog.records if r.message.startswith("sweep progress")]
+    assert [line.split("; ")[1] for line in lines[:3]] == [f"l2=0_sw: epoch {e}/3, val_accuracy 0.5000" for e in (1, 2, 3)]
+    assert lines[-1] == "sweep progress: 1/1 done (0 failed), 0 running"

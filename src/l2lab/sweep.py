@@ -20,12 +20,13 @@ from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
-from l2lab.tracking.sweeps import end_unstarted, reserve, sweep_parent
+from l2lab.tracking.sweeps import end_unstarted, point_progress, reserve, sweep_parent
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
 STALLED_POLLS = 6  # polls with nothing running and no worker alive before a sweep gives up
+PROGRESS_SECONDS = 30.0  # a progress line at least this often while points run
 DONE = ("Success", "Failed")
 
 
@@ -154,17 +155,42 @@ def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
         return states, len(queue.worker_status())
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a running point is: epochs logged out of its epochs, and its latest val_accuracy."""
+
+    epochs_done: int
+    epochs: int
+    val_accuracy: float | None
+
+
+def progress_line(done: int, total: int, failed: int, running: dict[str, Progress], elapsed: float) -> str:
+    """One progress line: counts, each running point's epoch and val_accuracy, and the time left."""
+    line = f"{done}/{total} done ({failed} failed), {len(running)} running"
+    for name, p in running.items():
+        val = f", val_accuracy {p.val_accuracy:.4f}" if p.val_accuracy is not None else ""
+        line += f"; {name}: epoch {p.epochs_done}/{p.epochs}{val}"
+    finished = done + sum(p.epochs_done / p.epochs for p in running.values() if p.epochs)  # in points
+    if finished > 0 and done < total:
+        left = elapsed / finished * (total - finished)
+        line += f"; about {left / 60:.0f} min left" if left >= 90 else f"; about {left:.0f} s left"
+    return line
+
+
 def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
-         read_state: Callable[[Path], tuple[dict[str, str], int]] = queue_state) -> dict[str, str]:
+         read_state: Callable[[Path], tuple[dict[str, str], int]] = queue_state,
+         progress: Callable[[str], Progress | None] = lambda name: None) -> dict[str, str]:
     """Poll the queue until every point is done; call on_done(name, status) once for each.
 
-    A running point is alive whatever the worker count says (DVC can report 0
-    workers while a task runs); the sweep gives up only when none of its points
-    runs and no worker is left for STALLED_POLLS polls in a row.
+    Logs a progress line whenever the counts change and at least every PROGRESS_SECONDS
+    while points run, with each running point's epoch (from progress(name)). A running
+    point is alive whatever the worker count says (DVC can report 0 workers while a
+    task runs); the sweep gives up only when none of its points runs and no worker is
+    left for STALLED_POLLS polls in a row.
     """
     names = [p.name for p in points]
     seen: dict[str, str] = {}
-    last_line = ""
+    last_counts, last_logged, started = "", 0.0, time.monotonic()
     idle_polls = 0
     while len(seen) < len(names):
         states, workers = read_state(cwd)
@@ -181,10 +207,13 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
             raise L2labError(f"the DVC queue has no workers left but {len(left)} point(s) are not done "
                              f"({', '.join(left)}); run `dvc queue start`, then `l2lab report`")
         failed = sum(s == "Failed" for s in seen.values())
-        line = f"{len(seen)}/{len(names)} done ({failed} failed), {running} running"
-        if line != last_line:
-            log.info("sweep progress: %s", line)
-            last_line = line
+        counts = f"{len(seen)}/{failed}/{running}"
+        now = time.monotonic()
+        if counts != last_counts or (running and now - last_logged >= PROGRESS_SECONDS):
+            live = {n: progress(n) for n in names if states.get(n) == "Running"}
+            live = {n: p if p is not None else Progress(0, 0, None) for n, p in live.items()}
+            log.info("sweep progress: %s", progress_line(len(seen), len(names), failed, live, now - started))
+            last_counts, last_logged = counts, now
         if len(seen) < len(names):
             time.sleep(POLL_SECONDS)
     return seen
@@ -245,8 +274,13 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
             end_unstarted(store, runs[name])  # a point that failed before training never took up its run
             log.info("%s: %s (MLflow run %s)", name, status, runs[name])
 
+        def progress(name: str) -> Progress:
+            done_epochs, val = point_progress(store, runs[name])
+            return Progress(done_epochs, epochs, val)
+
+        epochs = int(_override(load_params(cwd / "params.yaml").model_dump(), fixed)["train"]["epochs"])
         try:
-            results = wait(points, cwd, done)
+            results = wait(points, cwd, done, progress=progress)
         except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started
             stop_points([p.name for p in points], cwd)
             raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from typing import Callable
@@ -45,7 +44,3 @@ def run_stage(body: Callable[[], int | None]) -> None:
         sys.exit(143 if terminated else 130)
     sys.exit(status or 0)
 
-
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter out of the one-line-per-epoch log."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

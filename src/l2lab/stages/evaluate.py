@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from l2lab.stages import quiet_tensorflow, run_stage
+from l2lab.noise import quiet_tensorflow
+from l2lab.stages import run_stage
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 
 from l2lab.deps import code_digest
 from l2lab.errors import L2labError
+from l2lab.noise import quiet_native_stderr
 from l2lab.tracking.owners import end_stale_runs, owner_tags
 from l2lab.tracking.store import Store, bind_fluent, search_runs
 
@@ -163,8 +164,9 @@ class Run:
         # a second TensorFlow import that cost every run about 5 s here.
         requirements = [f"{name}=={version}" for name, version in library_versions().items()]
         bind_fluent(self.store)
-        info = self.store.write(lambda: mlflow.tensorflow.log_model(
-            model, name="model", signature=signature, pip_requirements=requirements, run_id=self.run_id))
+        with quiet_native_stderr():  # the export's harmless NodeDef notice (l2lab/noise.py)
+            info = self.store.write(lambda: mlflow.tensorflow.log_model(
+                model, name="model", signature=signature, pip_requirements=requirements, run_id=self.run_id))
         self.set_tags({MODEL_URI_TAG: info.model_uri})  # models:/<id>, what the registry wants
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "model.weights.h5"

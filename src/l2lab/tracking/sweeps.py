@@ -64,6 +64,15 @@ def end_unstarted(store: Store, run_id: str) -> None:
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
 
 
+def point_progress(store: Store, run_id: str) -> tuple[int, float | None]:
+    """(epochs logged so far, the latest val_accuracy) of a point's run."""
+    history = store.client.get_metric_history(run_id, "val_accuracy")
+    if not history:
+        return 0, None
+    latest = max(history, key=lambda m: m.step)
+    return len(history), latest.value
+
+
 def cancel_reservations(store: Store, parent_id: str) -> None:
     """End the parent's still-waiting reservations KILLED: their points never started."""
     for run in search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = '{RESERVED}'"):
