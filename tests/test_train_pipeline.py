@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import keras
@@ -15,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from l2lab.deps import code_digest
 from l2lab.tracking.store import EXPERIMENT
-from project import clone_project, run, set_params
+from loopback import free_port
+from project import clone_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
 EPOCHS = 2
@@ -97,13 +102,74 @@ def test_logged_model_loads_with_pyfunc_and_predicts(trained: Path) -> None:
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     with np.load(trained / "data" / "processed" / "test.npz") as f:
         x = f["x"][:8]
-    probs = np.asarray(model.predict(x))
-    assert probs.shape == (8, 10)
+    classes = json.loads((trained / "reports" / "data.json").read_text())["classes"]
+    table = model.predict(x)
+    assert list(table.columns) == ["label", *classes] and len(table) == 8
+    probs = table[classes].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    assert list(table["label"]) == [classes[i] for i in probs.argmax(axis=1)]
+    keras_probs = keras.models.load_model(trained / "models" / "model.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(probs, keras_probs, rtol=1e-5)  # the same model as the DVC output
     # The stated requirements (not inferred) pin the versions that trained it.
     requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/requirements.txt")).read_text()
     assert f"tensorflow=={tf.__version__}" in requirements.splitlines()
     assert f"keras=={keras.__version__}" in requirements.splitlines()
+
+
+def test_served_model_answers_labels_and_refuses_float_pixels(trained: Path) -> None:
+    """A real `mlflow models serve` process and real HTTP requests."""
+    run_id = json.loads((trained / "models" / "mlflow_run.json").read_text())["run_id"]
+    classes = json.loads((trained / "reports" / "data.json").read_text())["classes"]
+    with np.load(trained / "data" / "processed" / "test.npz") as f:
+        x = f["x"][:3]
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port), "-w", "1"], cwd=trained,
+                              env=env(MLFLOW_TRACKING_URI=f"sqlite:///{trained / 'mlflow.db'}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/ping", server)
+        good = post(f"{base}/invocations", {"inputs": x.tolist()})
+        assert good.status == 200
+        rows = json.loads(good.body)["predictions"]
+        assert len(rows) == 3 and all(row["label"] in classes for row in rows)
+        assert all(abs(sum(row[c] for c in classes) - 1) < 1e-4 for row in rows)
+        assert [row["label"] for row in rows] == [max(classes, key=row.get) for row in rows]
+        floats = post(f"{base}/invocations", {"inputs": (x / 255.0).tolist()})  # what most users send
+        assert floats.status == 400 and "expected uint8 pixels 0-255, shape (N, 32, 32, 3)" in floats.body
+        assert "float64" in floats.body
+        wrong_shape = post(f"{base}/invocations", {"inputs": x[:, :16].tolist()})
+        assert wrong_shape.status == 400 and "got shape (3, 16, 32, 3)" in wrong_shape.body
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+class Reply:
+    def __init__(self, status: int, body: str) -> None:
+        self.status, self.body = status, body
+
+
+def post(url: str, payload: dict) -> Reply:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return Reply(response.status, response.read().decode())
+    except urllib.error.HTTPError as error:
+        return Reply(error.code, error.read().decode())
+
+
+def wait_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "the server exited"
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer")
 
 
 def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> None:

@@ -39,7 +39,7 @@ def train(params: Params, paths: TrainPaths) -> str:
         model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch))
         with atomic_outputs(paths.model, paths.run_info) as (model_tmp, info_tmp):
             model.save(model_tmp)
-            run.log_model(model, example=val_xy[0][:2])
+            run.log_model(model, summary["classes"])
             info_tmp.write_text(json.dumps({"run_id": run.run_id, "experiment": EXPERIMENT}, indent=2) + "\n")
         write_history(paths.history, history)
     return run.run_id

@@ -15,12 +15,10 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import numpy as np
 from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 
 from l2lab.deps import code_digest
 from l2lab.errors import L2labError
-from l2lab.noise import quiet_native_stderr
 from l2lab.tracking.owners import end_stale_runs, owner_tags
 from l2lab.tracking.store import Store, bind_fluent, search_runs
 
@@ -127,13 +125,13 @@ class Run:
         """A table artifact (a DataFrame) that the UI shows as a table."""
         self.store.write(lambda: self.store.client.log_table(self.run_id, table, name))
 
-    def log_model(self, model: Any, example: np.ndarray) -> None:
+    def log_model(self, model: Any, classes: list[str]) -> None:
         """The model as an MLflow model named "model" (pyfunc-loadable), and its weights file.
 
         On a full disk (or any failure) the half-written model is removed, not left behind.
         """
         try:
-            self._log_model(model, example)
+            self._log_model(model, classes)
         except BaseException as exc:
             self._remove_unfinished_models()
             full = disk_full(exc)
@@ -155,18 +153,27 @@ class Run:
             self.store.write(lambda: client.delete_logged_model(logged.model_id))
             log.info("removed the unfinished MLflow model %s", logged.model_id)
 
-    def _log_model(self, model: Any, example: np.ndarray) -> None:
-        import mlflow.tensorflow
-        from mlflow.models import infer_signature
+    def _log_model(self, model: Any, classes: list[str]) -> None:
+        import mlflow.pyfunc
+        from mlflow.models import Model
 
-        signature = infer_signature(example, model.predict(example, verbose=0))
+        import l2lab
+        from l2lab.serving import EXPECTED, KERAS_ARTIFACT, Classifier
+
         # Stated, not inferred: MLflow infers them by loading the model in a subprocess,
         # a second TensorFlow import that cost every run about 5 s here.
         requirements = [f"{name}=={version}" for name, version in library_versions().items()]
         bind_fluent(self.store)
-        with quiet_native_stderr():  # the export's harmless NodeDef notice (l2lab/noise.py)
-            info = self.store.write(lambda: mlflow.tensorflow.log_model(
-                model, name="model", signature=signature, pip_requirements=requirements, run_id=self.run_id))
+        with tempfile.TemporaryDirectory() as tmp:
+            keras_file = Path(tmp) / "model.keras"
+            model.save(keras_file)
+            # No input signature: MLflow would cast JSON floats to it silently; Classifier checks instead.
+            # Model.log is what mlflow.pyfunc.log_model calls; it alone takes the run to log to.
+            info = self.store.write(lambda: Model.log(
+                artifact_path=None, flavor=mlflow.pyfunc, name="model", python_model=Classifier(classes), artifacts={KERAS_ARTIFACT: str(keras_file)},
+                code_paths=[str(Path(l2lab.__file__).parent)], pip_requirements=requirements,
+                metadata={"input": EXPECTED, "output": "label, then one probability column per class",
+                          "classes": classes}, run_id=self.run_id))
         self.set_tags({MODEL_URI_TAG: info.model_uri})  # models:/<id>, what the registry wants
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / "model.weights.h5"
