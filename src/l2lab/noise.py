@@ -16,9 +16,6 @@ HARMLESS = (
     # oneDNN's kernels are on: results may differ from other machines in the last bits
     # (README, "Same params, same numbers": on the same machine and library versions)
     "oneDNN custom operations are on",
-    # a graph written by this TensorFlow names an attribute its own op registry lacks when
-    # the model is exported; the export is complete and loads (tests load and predict it)
-    "NodeDef mentions attribute use_unbounded_threadpool",
 )
 
 
