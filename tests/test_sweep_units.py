@@ -136,8 +136,8 @@ def test_progress_line_shows_each_running_point_and_the_time_left() -> None:
     from l2lab.sweep import Progress, progress_line
 
     line = progress_line(1, 4, 0, {"l2=0.01_sw": Progress(5, 10, 0.6123)}, elapsed=300.0)
-    # 1.5 points done in 300 s: 2.5 left take 500 s
-    assert line == "1/4 done (0 failed), 1 running; l2=0.01_sw: epoch 5/10, val_accuracy 0.6123; about 8 min left"
+    # 1.45 points done in 300 s (a running point's epochs count for 90% of it): 2.55 left take 528 s
+    assert line == "1/4 done (0 failed), 1 running; l2=0.01_sw: epoch 5/10, val_accuracy 0.6123; about 9 min left"
     assert progress_line(0, 2, 0, {"a": Progress(0, 10, None)}, elapsed=20.0) == "0/2 done (0 failed), 1 running; a: epoch 0/10"
     assert progress_line(2, 2, 1, {}, elapsed=50.0) == "2/2 done (1 failed), 0 running"
 

@@ -97,7 +97,9 @@ def ui(args: argparse.Namespace) -> int:
 
     store = connect()
     command = ui_command(store.uri, args.port)
-    log.info("MLflow UI on http://127.0.0.1:%d for %s", args.port, store.uri)
+    # workflowType: MLflow 3.17's UI opens in its GenAI mode (traces) until told otherwise.
+    log.info("MLflow UI for %s: open http://127.0.0.1:%d/#/experiments/%s?workflowType=machine_learning",
+             store.uri, args.port, store.experiment_id)
     os.execvpe(command[0], command, {**os.environ, **UI_ENV})
     return 0  # not reached: exec replaces this process
 

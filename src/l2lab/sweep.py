@@ -149,6 +149,7 @@ def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
     """(experiment name -> Queued/Running/Success/Failed, live queue workers), read through DVC's Python API."""
     from dvc.repo import Repo
 
+    logging.getLogger("kombu").setLevel(logging.ERROR)  # "No hostname was supplied": DVC's local queue needs none
     with Repo(str(cwd)) as repo:
         queue = repo.experiments.celery_queue
         states = {entry["name"]: entry["status"] for entry in queue.status() if entry.get("name")}
@@ -170,7 +171,9 @@ def progress_line(done: int, total: int, failed: int, running: dict[str, Progres
     for name, p in running.items():
         val = f", val_accuracy {p.val_accuracy:.4f}" if p.val_accuracy is not None else ""
         line += f"; {name}: epoch {p.epochs_done}/{p.epochs}{val}"
-    finished = done + sum(p.epochs_done / p.epochs for p in running.values() if p.epochs)  # in points
+    # In points. Training is most of a point, not all: start-up and evaluation come after the
+    # last epoch, so a point whose epochs are all done still counts as 90% done.
+    finished = done + sum(0.9 * p.epochs_done / p.epochs for p in running.values() if p.epochs)
     if finished > 0 and done < total:
         left = elapsed / finished * (total - finished)
         line += f"; about {left / 60:.0f} min left" if left >= 90 else f"; about {left:.0f} s left"
