@@ -104,10 +104,12 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     seen_running, orphans = watch_nesting(project, proc)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr  # the 1e30 points diverge
-    assert "error: 2 of 4 points failed:" in stderr and "l2=1e30_sweep-" in stderr
+    assert "error: 2 of 4 points failed:" in stderr and "l2=1e30_seed=1_sweep-" in stderr
     assert "Champion (best validation accuracy): train.l2 = 0.003" in stdout
     # Every point's run was nested under the sweep from the moment it existed, also while it trained.
     assert seen_running > 0 and orphans == []
+    assert "sweep progress: " in stderr and "epoch " in stderr  # running points' epochs were shown
+    assert_no_workers_left(project)  # the sweep stopped the queue workers it started
 
     c = client(project)
     (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
@@ -229,8 +231,14 @@ def test_ctrl_c_of_a_sweep_stops_what_it_started(project: Path) -> None:
     assert sorted(r.info.status for r in children) == ["KILLED"] * 3  # the running one and the two queued
     status = run(project, "dvc", "queue", "status").stdout
     assert "Queued" not in status and "Running" not in status, status
-    deadline = time.monotonic() + 60
-    while "Worker status: 0 active, 0 idle" not in status and time.monotonic() < deadline:
-        time.sleep(2)  # `dvc queue stop` asks the workers to go; they take a moment
+    assert_no_workers_left(project)
+
+
+def assert_no_workers_left(project: Path) -> None:
+    status, deadline = "", time.monotonic() + 60
+    while time.monotonic() < deadline:  # `dvc queue stop` asks the workers to go; they take a moment
         status = run(project, "dvc", "queue", "status").stdout
-    assert "Worker status: 0 active, 0 idle" in status, status
+        if "Worker status: 0 active, 0 idle" in status:
+            return
+        time.sleep(2)
+    raise AssertionError(f"queue workers left running:\n{status}")
