@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,6 +23,19 @@ class Route:
     auth: str | None = None  # the Authorization header required (401 without it)
     redirect: str | None = None  # answer 302 with this Location
     requests: list[dict[str, str]] = field(default_factory=list)
+
+
+def wait_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until a server process answers url (any HTTP status); fail if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the server for {url} exited"
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer")
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from l2lab.tracking.store import EXPERIMENT
-from loopback import free_port
+from loopback import free_port, wait_http
 from project import clone_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -158,7 +158,7 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
                               cwd=project, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/health", server)
+        wait_http(f"{base}/health", server)
         body = json.dumps({"experiment_ids": [parent.info.experiment_id],
                            "filter": f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"}).encode()
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
@@ -170,18 +170,6 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _wait_http(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer")
 
 
 @pytest.mark.fault

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from l2lab.deps import code_digest
 from l2lab.tracking.store import EXPERIMENT
-from loopback import free_port
+from loopback import free_port, wait_http
 from project import clone_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -158,18 +157,6 @@ def post(url: str, payload: dict) -> Reply:
             return Reply(response.status, response.read().decode())
     except urllib.error.HTTPError as error:
         return Reply(error.code, error.read().decode())
-
-
-def wait_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer")
 
 
 def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> None:
