@@ -96,3 +96,22 @@ def test_an_exploding_loss_ends_the_run_as_diverged() -> None:
     with pytest.raises(DivergedError, match=r"^training diverged at epoch 1: loss .* without the penalty, far above "
                                             r"chance \(2.30\); lower train.learning_rate$|loss is nan"):
         fit(train, data, val, lambda epoch, logs: None)
+
+
+def test_weight_histograms_cover_every_kernel_weight_each_epoch() -> None:
+    from l2lab.fit import WeightHistograms
+    from l2lab.norms import ABS_EDGES
+
+    train = TrainParams(**{**TRAIN, "epochs": 2, "l1": 1e-3})
+    data, val = input_pipelines(train, learnable(128, seed=0), learnable(20, seed=1))
+    histograms = WeightHistograms()
+    model, history = fit(train, data, val, lambda epoch, logs: None, [histograms])
+    rows = histograms.rows
+    sizes = {layer.name: int(np.prod(layer.kernel.shape)) for layer in model.layers if hasattr(layer, "kernel")}
+    assert {r["epoch"] for r in rows} == {0, 1, 2}  # before training, then after each epoch
+    for epoch in (0, 1, 2):
+        for layer, size in sizes.items():
+            counts = [r["count"] for r in rows if r["epoch"] == epoch and r["layer"] == layer]
+            assert len(counts) == len(ABS_EDGES) - 1 and sum(counts) == size
+    assert {"weight_abs.p10", "weight_abs.p50", "weight_abs.p90"} <= set(history)
+    assert history["weight_abs.p10"][-1] <= history["weight_abs.p50"][-1] <= history["weight_abs.p90"][-1]

@@ -70,3 +70,16 @@ def test_scores_against_hand_counts() -> None:
     assert rows["c"]["f1-score"] == pytest.approx(0.8) and rows["c"]["support"] == 3
     assert rows["d"]["support"] == 0 and rows["d"]["recall"] == 0.0
     assert m["weight_norm"] == {"k": 5.0, "total": 5.0} and m["sparsity"] == {"k": 0.5, "total": 0.5}
+
+
+def test_abs_histogram_bins_zeros_small_and_large_weights() -> None:
+    from l2lab.norms import ABS_EDGES, abs_histogram, abs_quantiles
+
+    kernel = np.array([[0.0, -5e-7, 2e-6], [0.5, -0.5, 7.0]])
+    counts = abs_histogram(kernel)
+    assert counts.sum() == kernel.size and len(counts) == len(ABS_EDGES) - 1
+    assert counts[0] == 2  # the exact zero and |w| < 1e-6 share the first bin: "zero" for L1's purposes
+    assert counts[-1] == 1  # 7.0 lands in [1, 1000]
+    assert counts[np.searchsorted(ABS_EDGES, 0.5, side="right") - 1] == 2
+    q = abs_quantiles({"a": np.array([1.0, -2.0]), "b": np.array([3.0, 4.0, -5.0])})
+    assert q == {"p10": pytest.approx(1.4), "p50": pytest.approx(3.0), "p90": pytest.approx(4.6)}

@@ -22,7 +22,8 @@ def test_repo_params_load_and_flatten(raw: dict) -> None:
     flat = parse_params(raw).flat()
     assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000
     assert flat["train.seed"] == 42 and flat["data.split_seed"] == 42
-    assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "train.seed", "train.l2",
+    assert flat["data.train_size"] is None
+    assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "data.train_size", "train.seed", "train.l2",
                          "train.l1", "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs",
                          "train.precision"}
 
@@ -58,6 +59,8 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("train.seed", "42", "train.seed: Input should be a valid integer (got '42')"),
         ("train.seed", -1, "train.seed: Input should be greater than or equal to 0 (got -1)"),
         ("data.split_seed", 1.5, "data.split_seed: Input should be a valid integer (got 1.5)"),
+        ("data.train_size", 0, "data.train_size: Input should be greater than or equal to 1 (got 0)"),
+        ("data.train_size", "5000", "data.train_size: Input should be a valid integer (got '5000')"),
         ("seed", 42, "seed: unknown key"),  # the old top-level seed is now data.split_seed and train.seed
         ("train.precision", "float16", "train.precision: Input should be 'float32' or 'mixed_bfloat16'"),
         ("train.momentum", 0.9, "train.momentum: unknown key"),

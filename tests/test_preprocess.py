@@ -226,3 +226,25 @@ def test_a_val_size_that_leaves_few_training_images_is_warned_about(small_archiv
     caplog.clear()
     run(small_archive, tmp_path / "b", val_size=50)
     assert "leaves" not in caplog.text
+
+
+def test_train_size_keeps_a_stratified_subset_and_leaves_val_and_test_alone(small_archive: Path, tmp_path: Path) -> None:
+    full = preprocess(small_archive, tmp_path / "a", tmp_path / "a.json", 50, split_seed=42)
+    part = preprocess(small_archive, tmp_path / "b", tmp_path / "b.json", 50, split_seed=42, train_size=100)
+    assert part["train"]["total"] == 100 and full["train"]["total"] == 250
+    assert [part["train"][c] for c in CLASSES] == [10] * 10  # 10% of each class, as in the full split
+    for split in ("val", "test"):
+        a, b = load_split(tmp_path / "a" / f"{split}.npz"), load_split(tmp_path / "b" / f"{split}.npz")
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    kept = load_split(tmp_path / "b" / "train.npz")[0]
+    every = {img.tobytes() for img in load_split(tmp_path / "a" / "train.npz")[0]}
+    assert all(img.tobytes() in every for img in kept)  # a subset of the training split, nothing else
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize(("size", "message"), [(251, "data.train_size: 251 is more than the 250 training images"),
+                                               (5, "data.train_size: cannot keep 5 images with every class in them")])
+def test_impossible_train_sizes_are_one_clear_error(small_archive: Path, tmp_path: Path, size: int, message: str) -> None:
+    with pytest.raises(L2labError, match=message):
+        preprocess(small_archive, tmp_path / "p", tmp_path / "s.json", 50, split_seed=42, train_size=size)
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())

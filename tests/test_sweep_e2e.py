@@ -132,10 +132,13 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     assert champion.tags["source_run_id"] == best.info.run_id
 
     folder = project / "reports" / "sweep" / sweep_id
-    for name in ("table.csv", "table.md", "accuracy_vs_lambda.png", "gap_vs_lambda.png",
-                 "weight_norm_vs_lambda.png", "val_accuracy_curves.png"):
+    for name in ("table.csv", "summary.csv", "table.md", "accuracy_vs_lambda.png", "gap_vs_lambda.png",
+                 "weight_norm_vs_lambda.png", "val_accuracy_curves.png", "weight_distributions.png"):
         assert (folder / name).stat().st_size > 0, name
     assert len((folder / "table.csv").read_text().splitlines()) == 1 + 4
+    summary = (folder / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("train.l2,n,val_accuracy_mean,val_accuracy_std") and summary[1].startswith("0.003,2,")
+    assert "± " in (folder / "table.md").read_text()  # two seeds of 0.003: mean ± std
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "report")} >= {"report/table.csv", "report/table.md"}
 
     # `l2lab report` again, for this sweep by id: the same choice, and no duplicate version.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -156,3 +157,53 @@ def test_a_sweep_reports_running_epochs_while_nothing_finishes(monkeypatch: pyte
     lines = [r.message for r in caplog.records if r.message.startswith("sweep progress")]
     assert [line.split("; ")[1] for line in lines[:3]] == [f"l2=0_sw: epoch {e}/3, val_accuracy 0.5000" for e in (1, 2, 3)]
     assert lines[-1] == "sweep progress: 1/1 done (0 failed), 0 running"
+
+
+def test_summary_is_mean_and_sample_std_over_seeds() -> None:
+    from l2lab.report import summary_markdown, summary_table
+
+    table = sweep_table([
+        run("a1", 0.0, val=0.60, test=0.5, seed=1), run("a2", 0.0, val=0.64, test=0.7, seed=2),
+        run("b1", 1e-3, val=0.70, test=0.6, seed=1),
+        run("c1", 1e-2, val=None, test=None, status="FAILED", seed=1),
+    ])
+    summary = summary_table(table, "train.l2")
+    assert list(summary["train.l2"]) == [0.0, 1e-3] and list(summary["n"]) == [2, 1]
+    assert summary.loc[0, "val_accuracy_mean"] == pytest.approx(0.62)
+    assert summary.loc[0, "val_accuracy_std"] == pytest.approx(np.std([0.60, 0.64], ddof=1))
+    assert pd.isna(summary.loc[1, "val_accuracy_std"])  # one run: no spread, not a zero
+    text = summary_markdown(summary, "train.l2")
+    assert "| 0 | 2 | 0.6200 ± 0.0283 |" in text and "| 0.001 | 1 | 0.7000 |" in text
+
+
+def test_the_report_says_when_the_champion_is_within_noise() -> None:
+    from l2lab.report import noise_line, summary_table
+
+    close = summary_table(sweep_table([
+        run("a1", 0.0, val=0.60, test=0.5, seed=1), run("a2", 0.0, val=0.66, test=0.5, seed=2),
+        run("b1", 1e-3, val=0.62, test=0.5, seed=1), run("b2", 1e-3, val=0.65, test=0.5, seed=2),
+    ]), "train.l2")
+    line = noise_line(close, "train.l2", 1e-3)
+    assert line.startswith("train.l2 = 0.001 is within the noise of the runner-up train.l2 = 0: mean val_accuracy 0.6350 vs 0.6300")
+    clear = summary_table(sweep_table([
+        run("a1", 0.0, val=0.60, test=0.5, seed=1), run("a2", 0.0, val=0.61, test=0.5, seed=2),
+        run("b1", 1e-3, val=0.70, test=0.5, seed=1), run("b2", 1e-3, val=0.71, test=0.5, seed=2),
+    ]), "train.l2")
+    assert "is ahead of the runner-up" in noise_line(clear, "train.l2", 1e-3)
+    single = summary_table(sweep_table([run("a", 0.0, val=0.6, test=0.5), run("b", 1e-3, val=0.7, test=0.5)]), "train.l2")
+    assert "rerun with --seeds" in noise_line(single, "train.l2", 1e-3)
+
+
+def test_weight_distribution_figure_draws_every_layer_and_value(tmp_path: Path) -> None:
+    from l2lab.norms import ABS_EDGES
+    from l2lab.plots import save_figure, weight_distribution_figure
+
+    def rows(zeros: int) -> pd.DataFrame:
+        return pd.DataFrame([{"layer": layer, "bin_low": lo, "bin_high": hi, "count": zeros if lo == 0 else 5}
+                             for layer in ("conv1", "dense1") for lo, hi in zip(ABS_EDGES[:-1], ABS_EDGES[1:])])
+
+    figure = weight_distribution_figure({0.0: rows(0), 1e-3: rows(900)}, "train.l1")
+    assert [ax.get_title() for ax in figure.axes] == ["conv1", "dense1"]
+    assert len(figure.axes[0].get_lines()) == 2 and figure.axes[0].get_yscale() == "log"
+    save_figure(figure, tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 10_000

@@ -92,7 +92,13 @@ def test_one_finished_mlflow_run_with_params_tags_and_history(trained: Path) -> 
     for key in ("test_accuracy", "test_loss", "train_accuracy", "generalization_gap", "sparsity.total"):
         assert key in first.data.metrics
     artifacts = {a.path for a in c.list_artifacts(first.info.run_id)}
-    assert {"confusion_matrix.png", "metrics.json", "weights", "per_class_report.json"} <= artifacts
+    assert {"confusion_matrix.png", "metrics.json", "weights", "per_class_report.json", "weight_histograms.json"} <= artifacts
+    histograms = json.loads(Path(mlflow.artifacts.download_artifacts(
+        f"runs:/{first.info.run_id}/weight_histograms.json", tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")).read_text())
+    assert histograms["columns"] == ["epoch", "layer", "bin_low", "bin_high", "count"]
+    assert {row[0] for row in histograms["data"]} == set(range(EPOCHS + 1))
+    for key in ("weight_abs.p10", "weight_abs.p50", "weight_abs.p90"):
+        assert [m.step for m in c.get_metric_history(first.info.run_id, key)] == list(range(1, EPOCHS + 1))
 
 
 def test_logged_model_loads_with_pyfunc_and_predicts(trained: Path) -> None:

@@ -51,6 +51,16 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     return np.sort(train), np.sort(val)
 
 
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` items keeping each class's proportion (scikit-learn, seeded)."""
+    from sklearn.model_selection import train_test_split
+
+    if size >= len(labels):
+        return np.arange(len(labels))
+    keep, _ = train_test_split(np.arange(len(labels)), train_size=size, random_state=seed, stratify=labels)
+    return np.sort(keep)
+
+
 def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     """Write x and y uncompressed: loading is a plain read, no inflate."""
     with path.open("wb") as f:

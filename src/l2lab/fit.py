@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from l2lab.errors import L2labError
 from l2lab.model import compile_model
-from l2lab.norms import kernels, weight_norms
+from l2lab.norms import ABS_EDGES, abs_histogram, abs_quantiles, kernels, weight_norms
 from l2lab.params import TrainParams
 
 log = logging.getLogger(__name__)
@@ -129,9 +129,31 @@ class EpochReport(keras.callbacks.Callback):
 
 
 def weight_terms(model: keras.Model) -> dict[str, float]:
-    """The penalty Keras adds to the loss (model.losses: l2 * sum(W**2) + l1 * sum(|W|)) and the kernel norms."""
+    """The penalty Keras adds to the loss (model.losses: l2 * sum(W**2) + l1 * sum(|W|)), kernel norms, |w| quantiles."""
+    ks = kernels(model)
     penalty = float(sum(float(term) for term in model.losses))
-    return {"penalty": penalty, **{f"weight_norm.{name}": v for name, v in weight_norms(kernels(model)).items()}}
+    return {"penalty": penalty, **{f"weight_norm.{name}": v for name, v in weight_norms(ks).items()},
+            **{f"weight_abs.{name}": v for name, v in abs_quantiles(ks).items()}}
+
+
+class WeightHistograms(keras.callbacks.Callback):
+    """Per layer, a histogram of |w| (norms.ABS_EDGES) before training (epoch 0) and after every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float | int | str]] = []  # epoch, layer, bin_low, bin_high, count
+
+    def record(self, epoch: int) -> None:
+        for layer, kernel in kernels(self.model).items():
+            for low, high, count in zip(ABS_EDGES[:-1], ABS_EDGES[1:], abs_histogram(kernel)):
+                self.rows.append({"epoch": epoch, "layer": layer, "bin_low": float(low), "bin_high": float(high),
+                                  "count": int(count)})
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.record(0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.record(epoch + 1)
 
 
 def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],

@@ -62,7 +62,8 @@ class DataParams(_Section):
     url: Annotated[str, AfterValidator(_check_url)]
     sha256: Annotated[str, BeforeValidator(_check_sha256)]
     val_size: int = Field(ge=1, le=TRAIN_IMAGES - 1)  # images held out of training
-    split_seed: int = Field(ge=0, le=2**32 - 1)  # picks the validation images; nothing else
+    split_seed: int = Field(ge=0, le=2**32 - 1)  # picks the validation images (and the train subset); nothing else
+    train_size: int | None = Field(ge=1, le=TRAIN_IMAGES - 1)  # a stratified subset of the train split; None: all
 
 
 class TrainParams(_Section):

@@ -63,23 +63,25 @@ def _lambda_axis(ax, values) -> None:
         ax.set_xscale("symlog", linthresh=min(positive))
 
 
-def sweep_figures(table, axis: str, curves: dict[str, list[float]]) -> dict[str, object]:
-    """PNG-ready figures: accuracy, gap and weight norm against the swept value; val curves per point."""
+def sweep_figures(summary, axis: str, curves: dict[str, list[float]]) -> dict[str, object]:
+    """PNG-ready figures: accuracy, gap and weight norm against the swept value, with the std over
+    seeds as error bars where a value has several runs; val curves per point."""
     plt = _pyplot()
-    means = table[table["status"] == "FINISHED"].groupby(axis).mean(numeric_only=True).reset_index()
     figures = {}
     panels = [
         ("accuracy_vs_lambda.png", "accuracy", ["train_accuracy", "val_accuracy", "test_accuracy"]),
         ("gap_vs_lambda.png", "train - test accuracy", ["generalization_gap"]),
         ("weight_norm_vs_lambda.png", "total kernel L2 norm", ["weight_norm_total"]),
     ]
+    several = bool((summary["n"] > 1).any())
     for name, ylabel, columns in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for column in columns:
-            ax.plot(means[axis], means[column], marker="o", label=column)
-        _lambda_axis(ax, means[axis])
+            errors = summary[f"{column}_std"].fillna(0.0) if several else None
+            ax.errorbar(summary[axis], summary[f"{column}_mean"], yerr=errors, marker="o", capsize=3, label=column)
+        _lambda_axis(ax, summary[axis])
         ax.set_xlabel(axis)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel + (" (mean ± std over seeds)" if several else ""))
         ax.grid(True, alpha=0.3)
         if len(columns) > 1:
             ax.legend()
@@ -95,6 +97,30 @@ def sweep_figures(table, axis: str, curves: dict[str, list[float]]) -> dict[str,
     fig.tight_layout()
     figures["val_accuracy_curves.png"] = fig
     return figures
+
+
+def weight_distribution_figure(histograms: dict[float, object], axis: str):
+    """Per layer, the final |w| histogram of each swept value, side by side; log-scale counts so a spike
+    at zero shows. histograms: value -> rows (layer, bin_low, bin_high, count) of one run's last epoch."""
+    plt = _pyplot()
+    layers = sorted({layer for rows in histograms.values() for layer in rows["layer"]})
+    fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(4 * max(len(layers), 1), 3.6), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for value, rows in histograms.items():
+            mine = rows[rows["layer"] == layer].sort_values("bin_low")
+            # The first bin, [0, 1e-6), is drawn at 1e-7: "zero" on a log axis.
+            left = mine["bin_low"].where(mine["bin_low"] > 0, 1e-7)
+            ax.step(left, mine["count"].clip(lower=0.8), where="post", label=f"{axis}={value:g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(layer)
+        ax.set_xlabel("|w| (leftmost step: |w| < 1e-6)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("weights (log scale)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Final kernel weight distributions by {axis}")
+    fig.tight_layout()
+    return fig
 
 
 def save_figure(figure, path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from l2lab.archive import META, TEST_BATCH, TRAIN_BATCHES, load_pickle, read_batches
-from l2lab.data import batch_arrays, class_names, save_split, stratified_split
+from l2lab.data import batch_arrays, class_names, save_split, stratified_split, stratified_subset
 from l2lab.files import file_sha256
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs, write_json
@@ -36,8 +36,13 @@ def load_cifar(archive: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
     return {"train": (x_train, y_train), "test": test}, names, meta.get("l2lab_note") == SYNTHETIC_MARK
 
 
-def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, split_seed: int) -> dict[str, Any]:
-    """Write {train,val,test}.npz under out_dir and the summary; return the summary."""
+def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, split_seed: int,
+               train_size: int | None = None) -> dict[str, Any]:
+    """Write {train,val,test}.npz under out_dir and the summary; return the summary.
+
+    train_size keeps a stratified subset of the training split (the overfitting regime);
+    the validation split and the test set are the same whatever it is.
+    """
     sets, names, synthetic = load_cifar(archive)
     x, y = sets.pop("train")
     if not val_size < len(y):
@@ -47,7 +52,9 @@ def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, 
     except ValueError as exc:  # scikit-learn: too few images for a stratified split
         raise L2labError(f"data.val_size: cannot split {len(y)} images into {len(y) - val_size} train and "
                          f"{val_size} val with every class in both: {exc}") from None
-    if len(train_idx) < len(val_idx):
+    if train_size is not None:
+        train_idx = training_subset(y, train_idx, train_size, split_seed)
+    if train_size is None and len(train_idx) < len(val_idx):  # a train_size is asked for: no surprise
         fewest = int(np.bincount(y[train_idx]).min())
         log.warning("data.val_size = %d leaves %d training images (%d in the smallest class), fewer than it "
                     "validates on: is that meant? (CIFAR-10's usual split holds out 5000)",
@@ -66,6 +73,17 @@ def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, 
     for split in SPLITS:
         log.info("%s: %d images", split, summary[split]["total"])
     return summary
+
+
+def training_subset(y: np.ndarray, train_idx: np.ndarray, size: int, split_seed: int) -> np.ndarray:
+    """The indices of a stratified subset of `size` of the training split's images (data.train_size)."""
+    if size > len(train_idx):
+        raise L2labError(f"data.train_size: {size} is more than the {len(train_idx)} training images left after "
+                         "holding out data.val_size")
+    try:
+        return train_idx[stratified_subset(y[train_idx], size, split_seed)]
+    except ValueError as exc:  # scikit-learn: fewer images than classes
+        raise L2labError(f"data.train_size: cannot keep {size} images with every class in them: {exc}") from None
 
 
 def summarize(sets: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], sha256: str) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import pandas as pd
 
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
-from l2lab.plots import save_figure, sweep_figures
-from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
+from l2lab.plots import save_figure, sweep_figures, weight_distribution_figure
 from l2lab.tracking.owners import end_stale_runs
+from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
-from l2lab.tracking.sweeps import latest_sweep, sweep_axes, sweep_parent_id, sweep_runs
+from l2lab.tracking.runs import HISTOGRAMS
+from l2lab.tracking.sweeps import latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, table_artifact
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,53 @@ def choose_champion(table: pd.DataFrame, axis: str) -> pd.Series | None:
     return candidates.sort_values(["val_accuracy", "val_loss"], ascending=[False, True]).iloc[0]
 
 
+SUMMARIZED = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap", "weight_norm_total",
+              "sparsity_total")
+
+
+def summary_table(table: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Per value of the axis, over its finished runs (seeds): n, and mean and std of each SUMMARIZED column.
+
+    std is the sample standard deviation (ddof 1); NaN with a single run.
+    """
+    done = table[table["status"] == "FINISHED"]
+    grouped = done.groupby(axis)[list(SUMMARIZED)]
+    summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
+    summary.insert(0, "n", done.groupby(axis).size())
+    ordered = ["n", *(f"{c}_{s}" for c in SUMMARIZED for s in ("mean", "std"))]
+    return summary[ordered].reset_index()
+
+
+def summary_markdown(summary: pd.DataFrame, axis: str) -> str:
+    """The summary as 'mean ± std (n runs)' cells."""
+    def cell(row: pd.Series, column: str) -> str:
+        mean, std = row[f"{column}_mean"], row[f"{column}_std"]
+        return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
+
+    shown = pd.DataFrame({axis: summary[axis], "runs": summary["n"],
+                          **{c: [cell(r, c) for _, r in summary.iterrows()] for c in SUMMARIZED}})
+    return markdown(shown)
+
+
+def noise_line(summary: pd.DataFrame, axis: str, champion_value: float) -> str:
+    """Whether the champion's value beats the runner-up by more than the seed-to-seed spread."""
+    ranked = summary.sort_values("val_accuracy_mean", ascending=False).reset_index(drop=True)
+    if len(ranked) < 2:
+        return "Only one value finished: nothing to compare."
+    best, second = ranked.iloc[0], ranked.iloc[1]
+    if best[axis] != champion_value:  # the champion is chosen on mean val_accuracy too; ties go by val_loss
+        best, second = ranked[ranked[axis] == champion_value].iloc[0], ranked.iloc[0]
+    gap = best["val_accuracy_mean"] - second["val_accuracy_mean"]
+    spread = max(best["val_accuracy_std"], second["val_accuracy_std"])
+    if pd.isna(spread):
+        return (f"One run per value: {axis} = {best[axis]:g} leads {axis} = {second[axis]:g} by {gap:.4f} val_accuracy, "
+                "with no seed-to-seed spread to compare with; rerun with --seeds before trusting the ranking.")
+    verdict = "within the noise of" if gap <= spread else "ahead of"
+    return (f"{axis} = {best[axis]:g} is {verdict} the runner-up {axis} = {second[axis]:g}: mean val_accuracy "
+            f"{best['val_accuracy_mean']:.4f} vs {second['val_accuracy_mean']:.4f} (difference {gap:.4f}; "
+            f"std over seeds up to {spread:.4f}).")
+
+
 def markdown(table: pd.DataFrame) -> str:
     """A GitHub-style Markdown table."""
     def cell(v: Any) -> str:
@@ -101,22 +149,41 @@ def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> 
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None and register else None
     folder = out_root / sweep_id
     write_files(folder, table, axis, {r["name"]: r["val_curve"] for r in runs}, champion, version)
+    save_figure(weight_distribution_figure(final_histograms(store, table, axis), axis),
+                folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
     return Report(sweep_id, axis, table, champion, version, folder)
 
 
+def final_histograms(store: Any, table: pd.DataFrame, axis: str) -> dict[float, pd.DataFrame]:
+    """Axis value -> the last epoch's |w| histograms of its first finished run (lowest seed)."""
+    done = table[table["status"] == "FINISHED"].sort_values([axis, *([SEED] if SEED in table else [])])
+    found = {}
+    for value, group in done.groupby(axis, sort=True):
+        rows = table_artifact(store, group.iloc[0]["mlflow_run_id"], HISTOGRAMS)
+        if rows:
+            frame = pd.DataFrame(rows)
+            found[value] = frame[frame["epoch"] == frame["epoch"].max()]
+    return found
+
+
 def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, list[float]],
                 champion: pd.Series | None, version: str | None) -> None:
-    """table.csv, table.md (with the champion line) and the PNG plots."""
+    """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots."""
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_outputs(folder / "table.csv", folder / "table.md") as (csv_tmp, md_tmp):
+    summary = summary_table(table, axis)
+    noise = noise_line(summary, axis, champion[axis]) if champion is not None else ""
+    with atomic_outputs(folder / "table.csv", folder / "summary.csv", folder / "table.md") as (csv_tmp, sum_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
-        md_tmp.write_text(markdown(table) + "\n" + champion_line(champion, axis, version) + "\n")
+        summary.to_csv(sum_tmp, index=False)
+        md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n" + summary_markdown(summary, axis)
+                          + "\nEvery run:\n\n" + markdown(table) + "\n" + champion_line(champion, axis, version)
+                          + "\n\n" + noise + "\n")
     several_seeds = SEED in table and table[SEED].nunique() > 1
     labels = {row["experiment"]: f"{axis}={row[axis]:g}" + (f" seed={row[SEED]:g}" if several_seeds else "")
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
-    for name, figure in sweep_figures(table, axis, ordered).items():
+    for name, figure in sweep_figures(summary, axis, ordered).items():
         save_figure(figure, folder / name)
 
 

@@ -7,12 +7,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from l2lab.data import load_split
 from l2lab.files import atomic_outputs, file_sha256
-from l2lab.fit import fit, input_pipelines
+from l2lab.fit import WeightHistograms, fit, input_pipelines
 from l2lab.params import Params
 from l2lab.plots import write_history
-from l2lab.tracking.runs import training_run
+from l2lab.tracking.runs import HISTOGRAMS, training_run
 from l2lab.tracking.store import EXPERIMENT, connect
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ def train(params: Params, paths: TrainPaths) -> str:
     data, val = input_pipelines(params.train, load_split(files["train"]), val_xy)
     split_sha256 = {split: file_sha256(path) for split, path in files.items()}
     with training_run(store, params.flat(), summary, split_sha256) as run:
-        model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch))
+        histograms = WeightHistograms()
+        model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), [histograms])
+        run.log_table(pd.DataFrame(histograms.rows), HISTOGRAMS)
         with atomic_outputs(paths.model, paths.run_info) as (model_tmp, info_tmp):
             model.save(model_tmp)
             run.log_model(model, summary["classes"])

@@ -18,7 +18,8 @@ def main() -> None:
 
     def body() -> None:
         params = load_params(args.params)
-        preprocess(args.archive, args.out_dir, args.summary, params.data.val_size, params.data.split_seed)
+        data = params.data
+        preprocess(args.archive, args.out_dir, args.summary, data.val_size, data.split_seed, data.train_size)
 
     run_stage(body)
 

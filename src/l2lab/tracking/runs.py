@@ -25,6 +25,7 @@ from l2lab.tracking.store import Store, bind_fluent, search_runs
 log = logging.getLogger(__name__)
 
 MODEL_URI_TAG = "l2lab.model_uri"
+HISTOGRAMS = "weight_histograms.json"  # run artifact: |w| histogram per layer per epoch (a table in the UI)
 DEMO_NOTE = (
     "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
     "archive format, so the whole pipeline can run offline. Its accuracy says nothing about CIFAR-10."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 from mlflow.entities import Param, RunStatus
@@ -62,6 +63,20 @@ def end_unstarted(store: Store, run_id: str) -> None:
     """End a reserved run FAILED if its point finished without taking it up (it failed before training)."""
     if store.client.get_run(run_id).info.status == RESERVED:
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
+
+
+def table_artifact(store: Store, run_id: str, name: str) -> list[dict[str, Any]] | None:
+    """A table artifact (as logged with log_table) as rows; None when the run has none."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = store.client.download_artifacts(run_id, name, tmp)
+        except Exception:  # MLflow raises its own error types for a missing artifact
+            return None
+        table = json.loads(Path(path).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
 
 
 def point_progress(store: Store, run_id: str) -> tuple[int, float | None]:
