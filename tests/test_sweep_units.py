@@ -207,3 +207,13 @@ def test_weight_distribution_figure_draws_every_layer_and_value(tmp_path: Path) 
     assert len(figure.axes[0].get_lines()) == 2 and figure.axes[0].get_yscale() == "log"
     save_figure(figure, tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 10_000
+
+
+def test_zero_share_is_the_first_bin_over_all_layers() -> None:
+    from l2lab.norms import ABS_EDGES
+    from l2lab.report import zero_share
+
+    rows = pd.DataFrame([{"layer": layer, "bin_low": lo, "bin_high": hi, "count": (30 if lo == 0 else 1)}
+                         for layer in ("a", "b") for lo, hi in zip(ABS_EDGES[:-1], ABS_EDGES[1:])])
+    bins = len(ABS_EDGES) - 1
+    assert zero_share(rows) == pytest.approx(60 / (60 + 2 * (bins - 1)))

@@ -78,7 +78,8 @@ def choose_champion(table: pd.DataFrame, axis: str) -> pd.Series | None:
 
 
 SUMMARIZED = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap", "weight_norm_total",
-              "sparsity_total")
+              "sparsity_total", "zero_share")
+ZERO_BELOW = 1e-6  # |w| under this is zero for the report's zero_share: the first histogram bin
 
 
 def summary_table(table: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -87,10 +88,11 @@ def summary_table(table: pd.DataFrame, axis: str) -> pd.DataFrame:
     std is the sample standard deviation (ddof 1); NaN with a single run.
     """
     done = table[table["status"] == "FINISHED"]
-    grouped = done.groupby(axis)[list(SUMMARIZED)]
+    columns = [c for c in SUMMARIZED if c in table]  # zero_share only where runs logged histograms
+    grouped = done.assign(**{c: pd.to_numeric(done[c]) for c in columns}).groupby(axis)[columns]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     summary.insert(0, "n", done.groupby(axis).size())
-    ordered = ["n", *(f"{c}_{s}" for c in SUMMARIZED for s in ("mean", "std"))]
+    ordered = ["n", *(f"{c}_{s}" for c in columns for s in ("mean", "std"))]
     return summary[ordered].reset_index()
 
 
@@ -100,8 +102,9 @@ def summary_markdown(summary: pd.DataFrame, axis: str) -> str:
         mean, std = row[f"{column}_mean"], row[f"{column}_std"]
         return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
 
+    columns = [c for c in SUMMARIZED if f"{c}_mean" in summary]
     shown = pd.DataFrame({axis: summary[axis], "runs": summary["n"],
-                          **{c: [cell(r, c) for _, r in summary.iterrows()] for c in SUMMARIZED}})
+                          **{c: [cell(r, c) for _, r in summary.iterrows()] for c in columns}})
     return markdown(shown)
 
 
@@ -144,27 +147,34 @@ def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> 
         parent_id = sweep_parent_id(store, sweep_id)
     runs = sweep_runs(store, parent_id)
     table = sweep_table(runs)
+    histograms = final_histograms(store, table)
+    table["zero_share"] = [zero_share(histograms[r]) if r in histograms else None for r in table["mlflow_run_id"]]
     axis = plot_axis(sweep_axes(store, parent_id))
     champion = choose_champion(table, axis)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None and register else None
     folder = out_root / sweep_id
     write_files(folder, table, axis, {r["name"]: r["val_curve"] for r in runs}, champion, version)
-    save_figure(weight_distribution_figure(final_histograms(store, table, axis), axis),
-                folder / "weight_distributions.png")
+    first = table[table["mlflow_run_id"].isin(histograms)].sort_values([axis, *([SEED] if SEED in table else [])])
+    by_value = {value: histograms[group.iloc[0]["mlflow_run_id"]] for value, group in first.groupby(axis, sort=True)}
+    save_figure(weight_distribution_figure(by_value, axis), folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
     return Report(sweep_id, axis, table, champion, version, folder)
 
 
-def final_histograms(store: Any, table: pd.DataFrame, axis: str) -> dict[float, pd.DataFrame]:
-    """Axis value -> the last epoch's |w| histograms of its first finished run (lowest seed)."""
-    done = table[table["status"] == "FINISHED"].sort_values([axis, *([SEED] if SEED in table else [])])
+def final_histograms(store: Any, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Run id -> the last epoch's |w| histograms (rows: layer, bin_low, bin_high, count), for finished runs."""
     found = {}
-    for value, group in done.groupby(axis, sort=True):
-        rows = table_artifact(store, group.iloc[0]["mlflow_run_id"], HISTOGRAMS)
+    for run_id in table.loc[table["status"] == "FINISHED", "mlflow_run_id"]:
+        rows = table_artifact(store, run_id, HISTOGRAMS)
         if rows:
             frame = pd.DataFrame(rows)
-            found[value] = frame[frame["epoch"] == frame["epoch"].max()]
+            found[run_id] = frame[frame["epoch"] == frame["epoch"].max()]
     return found
+
+
+def zero_share(histogram: pd.DataFrame) -> float:
+    """The share of kernel weights with |w| < 1e-6 (the histogram's first bin), all layers together."""
+    return float(histogram.loc[histogram["bin_high"] <= ZERO_BELOW, "count"].sum() / histogram["count"].sum())
 
 
 def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, list[float]],
