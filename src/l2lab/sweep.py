@@ -17,7 +17,7 @@ from typing import Callable
 from ruamel.yaml import YAML
 
 from l2lab.errors import L2labError
-from l2lab.params import ParamsError, load_params, parse_params
+from l2lab.params import Params, ParamsError, load_params, parse_params
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
 from l2lab.tracking.sweeps import end_unstarted, point_progress, reserve, sweep_parent
@@ -96,11 +96,10 @@ def worker_count(requested: int, points: int, cores: int | None = None) -> int:
     return jobs
 
 
-def validate(params_path: Path, points: list[Point]) -> None:
-    """Every point's params must pass the stages' own checks before anything is queued."""
+def validate(params_path: Path, points: list[Point]) -> list[Params]:
+    """Every point's params, checked by the stages' own checks before anything is queued."""
     base = load_params(params_path).model_dump()
-    for point in points:
-        parse_params(_override(base, point.sets), f"params.yaml with {point.name}'s overrides")
+    return [parse_params(_override(base, point.sets), f"params.yaml with {point.name}'s overrides") for point in points]
 
 
 def _override(base: dict, sets: dict[str, str]) -> dict:
@@ -182,7 +181,7 @@ def progress_line(done: int, total: int, failed: int, running: dict[str, Progres
 
 def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
          read_state: Callable[[Path], tuple[dict[str, str], int]] = queue_state,
-         progress: Callable[[str], Progress | None] = lambda name: None) -> dict[str, str]:
+         progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None)) -> dict[str, str]:
     """Poll the queue until every point is done; call on_done(name, status) once for each.
 
     Logs a progress line whenever the counts change and at least every PROGRESS_SECONDS
@@ -214,7 +213,6 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
         now = time.monotonic()
         if counts != last_counts or (running and now - last_logged >= PROGRESS_SECONDS):
             live = {n: progress(n) for n in names if states.get(n) == "Running"}
-            live = {n: p if p is not None else Progress(0, 0, None) for n, p in live.items()}
             log.info("sweep progress: %s", progress_line(len(seen), len(names), failed, live, now - started))
             last_counts, last_logged = counts, now
         if len(seen) < len(names):
@@ -262,7 +260,7 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
     """
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     points = grid(sweep_id, axes, fixed)
-    validate(cwd / "params.yaml", points)
+    epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
     jobs = worker_count(jobs, len(points))
     store = connect(cwd)
     end_stale_runs(store)
@@ -279,9 +277,8 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
 
         def progress(name: str) -> Progress:
             done_epochs, val = point_progress(store, runs[name])
-            return Progress(done_epochs, epochs, val)
+            return Progress(done_epochs, epochs[name], val)
 
-        epochs = int(_override(load_params(cwd / "params.yaml").model_dump(), fixed)["train"]["epochs"])
         try:
             results = wait(points, cwd, done, progress=progress)
         except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started

@@ -18,7 +18,7 @@ from urllib.request import url2pathname
 from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 
 from l2lab.deps import code_digest
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, causes
 from l2lab.tracking.owners import end_stale_runs, owner_tags
 from l2lab.tracking.store import Store, bind_fluent, search_runs
 
@@ -41,15 +41,11 @@ class DiskFullError(L2labError):
 
 def disk_full(exc: BaseException) -> str | None:
     """The path (or "unknown path") of an ENOSPC/EDQUOT error anywhere in exc's chain; None if there is none."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
+    for error in causes(exc):
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return error.filename or "unknown path"
         if "No space left on device" in str(error):
             return "unknown path"
-        error = error.__cause__ or error.__context__
     return None
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import mlflow
 from mlflow import MlflowClient
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, causes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,14 +199,7 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, 
 
 def busy(exc: BaseException) -> bool:
     """Whether an error means the database is locked by another writer (and worth a retry)."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:  # MLflow may wrap SQLAlchemy's error
-        seen.add(id(error))
-        if any(text in str(error) for text in BUSY):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(text in str(error) for error in causes(exc) for text in BUSY)  # MLflow may wrap SQLAlchemy's error
 
 
 def search_runs(store: Store, filter_string: str, **kwargs: Any) -> list:

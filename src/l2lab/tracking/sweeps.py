@@ -81,13 +81,16 @@ def table_artifact(store: Store, run_id: str, name: str) -> list[dict[str, Any]]
     return [dict(zip(table["columns"], row)) for row in table["data"]]
 
 
+def val_curve(store: Store, run_id: str) -> list[float]:
+    """A run's val_accuracy per epoch, in epoch order."""
+    history = store.client.get_metric_history(run_id, "val_accuracy")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
 def point_progress(store: Store, run_id: str) -> tuple[int, float | None]:
     """(epochs logged so far, the latest val_accuracy) of a point's run."""
-    history = store.client.get_metric_history(run_id, "val_accuracy")
-    if not history:
-        return 0, None
-    latest = max(history, key=lambda m: m.step)
-    return len(history), latest.value
+    curve = val_curve(store, run_id)
+    return len(curve), (curve[-1] if curve else None)
 
 
 def cancel_reservations(store: Store, parent_id: str) -> None:
@@ -122,12 +125,8 @@ def sweep_axes(store: Store, parent_id: str) -> dict[str, list[float]]:
 
 def sweep_runs(store: Store, parent_id: str) -> list[dict[str, Any]]:
     """The sweep's child runs as plain dicts: run_id, name, status, params, metrics, val_curve."""
-    def val_curve(run_id: str) -> list[float]:
-        history = store.client.get_metric_history(run_id, "val_accuracy")
-        return [m.value for m in sorted(history, key=lambda m: m.step)]
-
     return [
         {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "params": dict(r.data.params),
-         "metrics": dict(r.data.metrics), "val_curve": val_curve(r.info.run_id)}
+         "metrics": dict(r.data.metrics), "val_curve": val_curve(store, r.info.run_id)}
         for r in search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     ]
