@@ -175,6 +175,25 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
         server.wait(timeout=30)
 
 
+def test_versus_adamw_runs_coupled_and_decoupled_in_one_report(project: Path) -> None:
+    out = run(project, "l2lab", "sweep", "--l2", "0,0.01", "--versus-adamw", "--jobs", "2").stdout
+    assert "Champion (best validation accuracy): penalty = " in out
+    (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
+    assert parent.data.tags["l2lab.versus"] == "adamw" and parent.info.status == "FINISHED"
+    children = [r for r in runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    # lambda = 0 once (plain Adam), 0.01 as Adam + L2, and AdamW at the matched decay 2 x 0.01.
+    assert sorted((r.data.params["train.l2"], r.data.params["train.weight_decay"]) for r in children) == [
+        ("0", "0"), ("0", "0.02"), ("0.01", "0")]
+    assert all(r.info.status == "FINISHED" for r in children)
+    folder = project / "reports" / "sweep" / parent.data.tags["l2lab.sweep_id"]
+    summary = (folder / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("penalty,l2_equivalent,n,")
+    assert [line.split(",")[:3] for line in summary[1:]] == [["none", "0.0", "1"], ["L2 (Adam)", "0.01", "1"],
+                                                             ["AdamW", "0.01", "1"]]
+    assert (folder / "weight_distributions.png").stat().st_size > 10_000
+    assert (folder / "accuracy_vs_lambda.png").stat().st_size > 10_000
+
+
 @pytest.mark.fault
 def test_four_workers_on_two_cores_all_land_once_and_the_database_stays_readable(project: Path) -> None:
     run(project, "dvc", "exp", "run", "--queue", "-S", "train.l2=0,0.0001,0.001,0.01")

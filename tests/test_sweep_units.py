@@ -202,11 +202,57 @@ def test_weight_distribution_figure_draws_every_layer_and_value(tmp_path: Path) 
         return pd.DataFrame([{"layer": layer, "bin_low": lo, "bin_high": hi, "count": zeros if lo == 0 else 5}
                              for layer in ("conv1", "dense1") for lo, hi in zip(ABS_EDGES[:-1], ABS_EDGES[1:])])
 
-    figure = weight_distribution_figure({0.0: rows(0), 1e-3: rows(900)}, "train.l1")
+    figure = weight_distribution_figure({"": {0.0: rows(0), 1e-3: rows(900)}}, "train.l1")
     assert [ax.get_title() for ax in figure.axes] == ["conv1", "dense1"]
     assert len(figure.axes[0].get_lines()) == 2 and figure.axes[0].get_yscale() == "log"
     save_figure(figure, tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 10_000
+    paired = weight_distribution_figure({"AdamW": {0.0: rows(0), 1e-3: rows(1)}, "L2 (Adam)": {0.0: rows(0)}},
+                                        "l2_equivalent")
+    assert [ax.get_title() for ax in paired.axes] == ["AdamW: conv1", "AdamW: dense1",
+                                                      "L2 (Adam): conv1", "L2 (Adam): dense1"]
+    assert [len(ax.get_lines()) for ax in paired.axes] == [2, 2, 1, 1]
+
+
+def test_versus_adamw_pairs_each_lambda_with_its_matched_decay() -> None:
+    points = grid("sw", {"train.l2": ["0", "1e-4", "1e-3"], "train.seed": ["1", "2"]}, {"train.epochs": "1"},
+                  versus_adamw=True)
+    assert [p.name for p in points] == [
+        "l2=0_seed=1_sw", "l2=0_seed=2_sw", "l2=1e-4_seed=1_sw", "l2=1e-4_seed=2_sw", "l2=1e-3_seed=1_sw",
+        "l2=1e-3_seed=2_sw", "weight_decay=0.0002_seed=1_sw", "weight_decay=0.0002_seed=2_sw",
+        "weight_decay=0.002_seed=1_sw", "weight_decay=0.002_seed=2_sw"]
+    assert points[2].sets == {"train.epochs": "1", "train.l2": "1e-4", "train.weight_decay": "0", "train.seed": "1"}
+    assert points[-1].sets == {"train.epochs": "1", "train.l2": "0", "train.weight_decay": "0.002", "train.seed": "2"}
+    validate(REPO / "params.yaml", points)  # every point is a valid params.yaml
+
+
+def test_versus_report_groups_by_penalty_and_matched_strength(tmp_path: Path) -> None:
+    from l2lab.report import noise_line, summary_markdown, summary_table, versus_columns, write_files
+
+    def adamw(name: str, decay: float, val: float, seed: int) -> dict:
+        r = run(name, 0.0, val=val, test=0.5, seed=seed)
+        r["params"]["train.weight_decay"] = str(decay)
+        return r
+
+    table = versus_columns(sweep_table([
+        run("n1", 0.0, val=0.60, test=0.5, seed=1), run("n2", 0.0, val=0.62, test=0.5, seed=2),
+        run("c1", 1e-3, val=0.55, test=0.5, seed=1), run("c2", 1e-3, val=0.57, test=0.5, seed=2),
+        adamw("d1", 2e-3, 0.64, 1), adamw("d2", 2e-3, 0.66, 2),
+    ]))
+    keys = ["penalty", "l2_equivalent"]
+    assert list(table["penalty"]) == ["none", "none", "AdamW", "AdamW", "L2 (Adam)", "L2 (Adam)"]
+    assert list(table["l2_equivalent"]) == pytest.approx([0, 0, 1e-3, 1e-3, 1e-3, 1e-3])
+    champion = choose_champion(table, keys)
+    assert champion["experiment"] == "d2"
+    summary = summary_table(table, keys)
+    assert list(zip(summary["penalty"], summary["n"])) == [("none", 2), ("L2 (Adam)", 2), ("AdamW", 2)]
+    assert "| AdamW | 0.001 | 2 | 0.6500 ± 0.0141 |" in summary_markdown(summary, keys)
+    assert noise_line(summary, keys, ("AdamW", 1e-3)).startswith(
+        "penalty = AdamW, l2_equivalent = 0.001 is ahead of the runner-up penalty = none, l2_equivalent = 0: "
+        "mean val_accuracy 0.6500 vs 0.6100")
+    write_files(tmp_path, table, keys, {r: [0.5, 0.6] for r in table["experiment"]}, champion, None)
+    assert "Champion (best validation accuracy): penalty = AdamW, l2_equivalent = 0.001" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "accuracy_vs_lambda.png").stat().st_size > 10_000
 
 
 def test_zero_share_is_the_first_bin_over_all_layers() -> None:
@@ -217,3 +263,11 @@ def test_zero_share_is_the_first_bin_over_all_layers() -> None:
                          for layer in ("a", "b") for lo, hi in zip(ABS_EDGES[:-1], ABS_EDGES[1:])])
     bins = len(ABS_EDGES) - 1
     assert zero_share(rows) == pytest.approx(60 / (60 + 2 * (bins - 1)))
+
+
+@pytest.mark.parametrize("argv", [["--l1", "1e-3", "--versus-adamw"], ["--l2", "1e-3", "--weight-decay", "1", "--versus-adamw"]])
+def test_versus_adamw_needs_l2_and_no_weight_decay(argv: list[str]) -> None:
+    from l2lab.cli import parser, sweep_command
+
+    with pytest.raises(L2labError, match="--versus-adamw pairs each --l2 lambda with its matched weight decay"):
+        sweep_command(parser().parse_args(["sweep", *argv]))

@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--l2", help="comma-separated lambdas, e.g. 0,1e-5,1e-4,1e-3,1e-2")
     sweep.add_argument("--l1", help="comma-separated L1 lambdas")
     sweep.add_argument("--weight-decay", help="comma-separated decoupled weight decays")
+    sweep.add_argument("--versus-adamw", action="store_true",
+                       help="run every non-zero --l2 lambda also as AdamW at train.weight_decay = 2 x lambda "
+                       "(the same step under plain SGD): one report of coupled against decoupled decay")
     sweep.add_argument("--seeds", help="comma-separated training seeds (train.seed): every point runs once per "
                        "seed, on the same validation split")
     sweep.add_argument("--jobs", "-j", type=int, default=2,
@@ -45,9 +48,12 @@ def sweep_command(args: argparse.Namespace) -> int:
             for opt, key in GRID_OPTIONS.items() if getattr(args, opt)}
     if not axes:
         raise L2labError("give at least one grid: --l2, --l1, --weight-decay or --seeds")
+    if args.versus_adamw and ("train.l2" not in axes or "train.weight_decay" in axes):
+        raise L2labError("--versus-adamw pairs each --l2 lambda with its matched weight decay: give --l2, "
+                         "and no --weight-decay")
     if args.jobs < 1:
         raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
-    sweep_id, results = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd())
+    sweep_id, results = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd(), args.versus_adamw)
     report = make_report(sweep_id, REPORT_DIR)
     print_report(report)
     failed = sorted(name for name, status in results.items() if status != "Success")
@@ -107,10 +113,10 @@ def ui(args: argparse.Namespace) -> int:
 def print_report(report) -> None:
     from l2lab.report import champion_line
 
-    shown = ["experiment", report.axis, "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
+    shown = ["experiment", *report.keys, "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")
     print(report.table[[c for c in shown if c in report.table]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(champion_line(report.champion, report.axis, report.champion_version))
+    print(champion_line(report.champion, report.keys, report.champion_version))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,9 @@ def _pyplot():
     return plt
 
 
+AXIS_LABELS = {"l2_equivalent": "L2 lambda (AdamW: at weight_decay = 2 x lambda)"}
+
+
 def _lambda_axis(ax, values) -> None:
     """Log scale that still shows lambda = 0: linear below the smallest non-zero value."""
     positive = [v for v in values if v > 0]
@@ -63,9 +66,13 @@ def _lambda_axis(ax, values) -> None:
         ax.set_xscale("symlog", linthresh=min(positive))
 
 
-def sweep_figures(summary, axis: str, curves: dict[str, list[float]]) -> dict[str, object]:
+def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: str | None = None) -> dict[str, object]:
     """PNG-ready figures: accuracy, gap and weight norm against the swept value, with the std over
-    seeds as error bars where a value has several runs; val curves per point."""
+    seeds as error bars where a value has several runs; val curves per point.
+
+    series: a column that splits the summary into lines of their own (a --versus-adamw sweep's
+    penalty); its "none" rows, the unpenalized baseline, start every line.
+    """
     plt = _pyplot()
     figures = {}
     panels = [
@@ -74,17 +81,21 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]]) -> dict[st
         ("weight_norm_vs_lambda.png", "total kernel L2 norm", ["weight_norm_total"]),
     ]
     several = bool((summary["n"] > 1).any())
+    lines = _series_lines(summary, axis, series)
     for name, ylabel, columns in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for column in columns:
-            errors = summary[f"{column}_std"].fillna(0.0) if several else None
-            ax.errorbar(summary[axis], summary[f"{column}_mean"], yerr=errors, marker="o", capsize=3, label=column)
+            for (label, rows), style in zip(lines.items(), ("-", "--", ":", "-.")):
+                errors = rows[f"{column}_std"].fillna(0.0) if several else None
+                color = f"C{columns.index(column)}" if len(columns) > 1 else None
+                ax.errorbar(rows[axis], rows[f"{column}_mean"], yerr=errors, marker="o", capsize=3, linestyle=style,
+                            color=color, label=" ".join(filter(None, [column if len(columns) > 1 else "", label])))
         _lambda_axis(ax, summary[axis])
-        ax.set_xlabel(axis)
+        ax.set_xlabel(AXIS_LABELS.get(axis, axis))
         ax.set_ylabel(ylabel + (" (mean ± std over seeds)" if several else ""))
         ax.grid(True, alpha=0.3)
-        if len(columns) > 1:
-            ax.legend()
+        if len(columns) > 1 or len(lines) > 1:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         figures[name] = fig
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -99,25 +110,40 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]]) -> dict[st
     return figures
 
 
-def weight_distribution_figure(histograms: dict[float, object], axis: str):
+def _series_lines(summary, axis: str, series: str | None) -> dict[str, object]:
+    """label -> the summary rows of one line, by axis: one unlabelled line, or one per series value
+    with the "none" baseline rows in each."""
+    import pandas as pd
+
+    if series is None:
+        return {"": summary}
+    base = summary[summary[series] == "none"]
+    return {name: pd.concat([base, group]).sort_values(axis)
+            for name, group in summary[summary[series] != "none"].groupby(series, observed=True)}
+
+
+def weight_distribution_figure(histograms: dict[str, dict[float, object]], axis: str):
     """Per layer, the final |w| histogram of each swept value, side by side; log-scale counts so a spike
-    at zero shows. histograms: value -> rows (layer, bin_low, bin_high, count) of one run's last epoch."""
+    at zero shows. histograms: series ("" for a sweep with one) -> value -> rows (layer, bin_low,
+    bin_high, count) of one run's last epoch; one row of panels per series."""
     plt = _pyplot()
-    layers = sorted({layer for rows in histograms.values() for layer in rows["layer"]})
-    fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(4 * max(len(layers), 1), 3.6), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        for value, rows in histograms.items():
-            mine = rows[rows["layer"] == layer].sort_values("bin_low")
-            # The first bin, [0, 1e-6), is drawn at 1e-7: "zero" on a log axis.
-            left = mine["bin_low"].where(mine["bin_low"] > 0, 1e-7)
-            ax.step(left, mine["count"].clip(lower=0.8), where="post", label=f"{axis}={value:g}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(layer)
-        ax.set_xlabel("|w| (leftmost step: |w| < 1e-6)")
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("weights (log scale)")
-    axes[0][0].legend(fontsize=7)
+    layers = sorted({layer for group in histograms.values() for rows in group.values() for layer in rows["layer"]})
+    width, height = max(len(layers), 1), max(len(histograms), 1)
+    fig, axes = plt.subplots(height, width, figsize=(4 * width, 3.6 * height), squeeze=False)
+    for row_axes, (series, group) in zip(axes, histograms.items()):
+        for ax, layer in zip(row_axes, layers):
+            for value, rows in group.items():
+                mine = rows[rows["layer"] == layer].sort_values("bin_low")
+                # The first bin, [0, 1e-6), is drawn at 1e-7: "zero" on a log axis.
+                left = mine["bin_low"].where(mine["bin_low"] > 0, 1e-7)
+                ax.step(left, mine["count"].clip(lower=0.8), where="post", label=f"{axis}={value:g}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{series}: {layer}" if series else layer)
+            ax.set_xlabel("|w| (leftmost step: |w| < 1e-6)")
+            ax.grid(True, alpha=0.3)
+        row_axes[0].set_ylabel("weights (log scale)")
+        row_axes[0].legend(fontsize=7)
     fig.suptitle(f"Final kernel weight distributions by {axis}")
     fig.tight_layout()
     return fig

@@ -5,24 +5,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
 from l2lab.plots import save_figure, sweep_figures, weight_distribution_figure
+from l2lab.sweep import MATCHED_DECAY
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
 from l2lab.tracking.runs import HISTOGRAMS
-from l2lab.tracking.sweeps import latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, table_artifact
+from l2lab.tracking.sweeps import (latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus,
+                                   table_artifact)
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/
 AXES = ("train.l2", "train.l1", "train.weight_decay", "train.seed")  # what a sweep may vary
 SEED = "train.seed"  # an axis of repeats, not of the plots
+PENALTY, STRENGTH = "penalty", "l2_equivalent"  # the keys of a --versus-adamw report
 COLUMNS = {  # report column -> MLflow metric
     "val_accuracy": "val_accuracy",
     "test_accuracy": "test_accuracy",
@@ -37,7 +41,7 @@ COLUMNS = {  # report column -> MLflow metric
 @dataclass(frozen=True)
 class Report:
     sweep_id: str
-    axis: str  # the swept param the plots put on x
+    keys: list[str]  # what tells the sweep's points apart, seeds aside: [axis], or [penalty, axis]
     table: pd.DataFrame
     champion: pd.Series | None  # the row chosen by validation accuracy
     champion_version: str | None  # its version of the registered model
@@ -63,17 +67,42 @@ def plot_axis(recorded: dict[str, list[float]]) -> str:
     return next((key for key in recorded if key != SEED), "train.l2")
 
 
-def choose_champion(table: pd.DataFrame, axis: str) -> pd.Series | None:
-    """Best mean validation accuracy over seeds, then that value's best run; ties go to lower val_loss.
+def versus_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """A --versus-adamw sweep's table with penalty ("L2 (Adam)", "AdamW" or "none") and l2_equivalent:
+    train.l2, or the L2 lambda whose SGD update AdamW's weight_decay matches (weight_decay / 2)."""
+    l2, decay = table["train.l2"], table["train.weight_decay"]
+    penalty = np.where(decay > 0, "AdamW", np.where(l2 > 0, "L2 (Adam)", "none"))
+    ordered = pd.Categorical(penalty, categories=["none", "L2 (Adam)", "AdamW"], ordered=True)  # table order
+    return table.assign(**{PENALTY: ordered, STRENGTH: l2 + decay / MATCHED_DECAY})
 
-    The test set plays no part: it stays an unbiased estimate for the chosen model.
+
+def _keys(by: str | Sequence[str]) -> list[str]:
+    return [by] if isinstance(by, str) else list(by)
+
+
+def _matches(frame: pd.DataFrame, keys: list[str], values: tuple) -> pd.Series:
+    """Rows whose keys equal values."""
+    return (frame[keys] == pd.Series(values, index=keys)).all(axis=1)
+
+
+def point_label(row: pd.Series, by: str | Sequence[str]) -> str:
+    """"train.l2 = 0.001", or "penalty = AdamW, l2_equivalent = 0.001"."""
+    return ", ".join(f"{k} = {row[k]:g}" if isinstance(row[k], float) else f"{k} = {row[k]}" for k in _keys(by))
+
+
+def choose_champion(table: pd.DataFrame, by: str | Sequence[str]) -> pd.Series | None:
+    """Best mean validation accuracy over seeds, then that point's best run; ties go to lower val_loss.
+
+    by: the column(s) that tell points apart. The test set plays no part: it stays an
+    unbiased estimate for the chosen model.
     """
+    keys = _keys(by)
     done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna()]
     if done.empty:
         return None
-    means = done.groupby(axis).agg(val=("val_accuracy", "mean"), loss=("val_loss", "mean"))
-    best_value = means.sort_values(["val", "loss"], ascending=[False, True]).index[0]
-    candidates = done[done[axis] == best_value]
+    means = done.groupby(keys, observed=True).agg(val=("val_accuracy", "mean"), loss=("val_loss", "mean"))
+    best = means.sort_values(["val", "loss"], ascending=[False, True]).index[0]
+    candidates = done[_matches(done, keys, best if isinstance(best, tuple) else (best,))]
     return candidates.sort_values(["val_accuracy", "val_loss"], ascending=[False, True]).iloc[0]
 
 
@@ -82,47 +111,50 @@ SUMMARIZED = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization
 ZERO_BELOW = 1e-6  # |w| under this is zero for the report's zero_share: the first histogram bin
 
 
-def summary_table(table: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """Per value of the axis, over its finished runs (seeds): n, and mean and std of each SUMMARIZED column.
-
-    std is the sample standard deviation (ddof 1); NaN with a single run.
+def summary_table(table: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
+    """Per point (value of the column(s) by), over its finished runs (seeds): n, and mean and std of
+    each SUMMARIZED column. std is the sample standard deviation (ddof 1); NaN with a single run.
     """
+    keys = _keys(by)
     done = table[table["status"] == "FINISHED"]
     columns = [c for c in SUMMARIZED if c in table]  # zero_share only where runs logged histograms
-    grouped = done.assign(**{c: pd.to_numeric(done[c]) for c in columns}).groupby(axis)[columns]
+    grouped = done.assign(**{c: pd.to_numeric(done[c]) for c in columns}).groupby(keys, observed=True)[columns]
     summary = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
-    summary.insert(0, "n", done.groupby(axis).size())
+    summary.insert(0, "n", done.groupby(keys, observed=True).size())
     ordered = ["n", *(f"{c}_{s}" for c in columns for s in ("mean", "std"))]
     return summary[ordered].reset_index()
 
 
-def summary_markdown(summary: pd.DataFrame, axis: str) -> str:
+def summary_markdown(summary: pd.DataFrame, by: str | Sequence[str]) -> str:
     """The summary as 'mean ± std (n runs)' cells."""
     def cell(row: pd.Series, column: str) -> str:
         mean, std = row[f"{column}_mean"], row[f"{column}_std"]
         return f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}"
 
     columns = [c for c in SUMMARIZED if f"{c}_mean" in summary]
-    shown = pd.DataFrame({axis: summary[axis], "runs": summary["n"],
+    shown = pd.DataFrame({**{k: summary[k] for k in _keys(by)}, "runs": summary["n"],
                           **{c: [cell(r, c) for _, r in summary.iterrows()] for c in columns}})
     return markdown(shown)
 
 
-def noise_line(summary: pd.DataFrame, axis: str, champion_value: float) -> str:
-    """Whether the champion's value beats the runner-up by more than the seed-to-seed spread."""
+def noise_line(summary: pd.DataFrame, by: str | Sequence[str], champion: float | str | tuple) -> str:
+    """Whether the champion's point (its value of by) beats the runner-up by more than the seed-to-seed spread."""
+    keys = _keys(by)
     ranked = summary.sort_values("val_accuracy_mean", ascending=False).reset_index(drop=True)
     if len(ranked) < 2:
         return "Only one value finished: nothing to compare."
     best, second = ranked.iloc[0], ranked.iloc[1]
-    if best[axis] != champion_value:  # the champion is chosen on mean val_accuracy too; ties go by val_loss
-        best, second = ranked[ranked[axis] == champion_value].iloc[0], ranked.iloc[0]
+    is_champion = _matches(ranked, keys, champion if isinstance(champion, tuple) else (champion,))
+    if not is_champion.iloc[0]:  # the champion is chosen on mean val_accuracy too; ties go by val_loss
+        best, second = ranked[is_champion].iloc[0], ranked.iloc[0]
     gap = best["val_accuracy_mean"] - second["val_accuracy_mean"]
     spread = max(best["val_accuracy_std"], second["val_accuracy_std"])
     if pd.isna(spread):
-        return (f"One run per value: {axis} = {best[axis]:g} leads {axis} = {second[axis]:g} by {gap:.4f} val_accuracy, "
-                "with no seed-to-seed spread to compare with; rerun with --seeds before trusting the ranking.")
+        return (f"One run per value: {point_label(best, keys)} leads {point_label(second, keys)} by {gap:.4f} "
+                "val_accuracy, with no seed-to-seed spread to compare with; rerun with --seeds before trusting "
+                "the ranking.")
     verdict = "within the noise of" if gap <= spread else "ahead of"
-    return (f"{axis} = {best[axis]:g} is {verdict} the runner-up {axis} = {second[axis]:g}: mean val_accuracy "
+    return (f"{point_label(best, keys)} is {verdict} the runner-up {point_label(second, keys)}: mean val_accuracy "
             f"{best['val_accuracy_mean']:.4f} vs {second['val_accuracy_mean']:.4f} (difference {gap:.4f}; "
             f"std over seeds up to {spread:.4f}).")
 
@@ -149,16 +181,33 @@ def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> 
     table = sweep_table(runs)
     histograms = final_histograms(store, table)
     table["zero_share"] = [zero_share(histograms[r]) if r in histograms else None for r in table["mlflow_run_id"]]
-    axis = plot_axis(sweep_axes(store, parent_id))
-    champion = choose_champion(table, axis)
+    if sweep_versus(store, parent_id):
+        table, keys = versus_columns(table), [PENALTY, STRENGTH]
+    else:
+        keys = [plot_axis(sweep_axes(store, parent_id))]
+    champion = choose_champion(table, keys)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None and register else None
     folder = out_root / sweep_id
-    write_files(folder, table, axis, {r["name"]: r["val_curve"] for r in runs}, champion, version)
-    first = table[table["mlflow_run_id"].isin(histograms)].sort_values([axis, *([SEED] if SEED in table else [])])
-    by_value = {value: histograms[group.iloc[0]["mlflow_run_id"]] for value, group in first.groupby(axis, sort=True)}
-    save_figure(weight_distribution_figure(by_value, axis), folder / "weight_distributions.png")
+    write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
+    save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
+                folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
-    return Report(sweep_id, axis, table, champion, version, folder)
+    return Report(sweep_id, keys, table, champion, version, folder)
+
+
+def distributions(table: pd.DataFrame, keys: list[str], histograms: dict[str, pd.DataFrame]
+                  ) -> dict[str, dict[float, pd.DataFrame]]:
+    """The histograms a weight-distribution figure draws: per series (penalty; "" when the sweep has
+    one), per value of the axis, those of its first seed's run. The unpenalized point ("none")
+    stands in every series, as the baseline each is compared with."""
+    axis, series = keys[-1], (keys[0] if len(keys) > 1 else None)
+    first = table[table["mlflow_run_id"].isin(histograms)].sort_values([axis, *([SEED] if SEED in table else [])])
+    first = first.drop_duplicates([*keys])
+    if series is None:
+        return {"": {row[axis]: histograms[row["mlflow_run_id"]] for _, row in first.iterrows()}}
+    base = first[first[series] == "none"]
+    return {name: {row[axis]: histograms[row["mlflow_run_id"]] for _, row in pd.concat([base, group]).iterrows()}
+            for name, group in first[first[series] != "none"].groupby(series, observed=True)}
 
 
 def final_histograms(store: Any, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -177,30 +226,30 @@ def zero_share(histogram: pd.DataFrame) -> float:
     return float(histogram.loc[histogram["bin_high"] <= ZERO_BELOW, "count"].sum() / histogram["count"].sum())
 
 
-def write_files(folder: Path, table: pd.DataFrame, axis: str, curves: dict[str, list[float]],
+def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict[str, list[float]],
                 champion: pd.Series | None, version: str | None) -> None:
     """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots."""
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summary_table(table, axis)
-    noise = noise_line(summary, axis, champion[axis]) if champion is not None else ""
+    summary = summary_table(table, keys)
+    noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None else ""
     with atomic_outputs(folder / "table.csv", folder / "summary.csv", folder / "table.md") as (csv_tmp, sum_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
         summary.to_csv(sum_tmp, index=False)
-        md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n" + summary_markdown(summary, axis)
-                          + "\nEvery run:\n\n" + markdown(table) + "\n" + champion_line(champion, axis, version)
+        md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n" + summary_markdown(summary, keys)
+                          + "\nEvery run:\n\n" + markdown(table) + "\n" + champion_line(champion, keys, version)
                           + "\n\n" + noise + "\n")
     several_seeds = SEED in table and table[SEED].nunique() > 1
-    labels = {row["experiment"]: f"{axis}={row[axis]:g}" + (f" seed={row[SEED]:g}" if several_seeds else "")
+    labels = {row["experiment"]: point_label(row, keys) + (f", seed {row[SEED]:g}" if several_seeds else "")
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
-    for name, figure in sweep_figures(summary, axis, ordered).items():
+    for name, figure in sweep_figures(summary, keys[-1], ordered, keys[0] if len(keys) > 1 else None).items():
         save_figure(figure, folder / name)
 
 
-def champion_line(champion: pd.Series | None, axis: str, version: str | None) -> str:
+def champion_line(champion: pd.Series | None, keys: list[str], version: str | None) -> str:
     if champion is None:
         return "No finished run: no champion."
     registered = f"; registered as {REGISTERED_MODEL} version {version} (alias {CHAMPION_ALIAS})" if version else ""
-    return (f"Champion (best validation accuracy): {axis} = {champion[axis]:g}, val_accuracy "
+    return (f"Champion (best validation accuracy): {point_label(champion, keys)}, val_accuracy "
             f"{champion['val_accuracy']:.4f}, test_accuracy {champion['test_accuracy']:.4f}, "
             f"experiment {champion['experiment']}, MLflow run {champion['mlflow_run_id']}{registered}")

@@ -64,17 +64,31 @@ def parse_sets(sets: list[str]) -> dict[str, str]:
     return parsed
 
 
-def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> list[Point]:
+L2, WEIGHT_DECAY = "train.l2", "train.weight_decay"
+# Keras's L2 penalty l2 * sum(w**2) has the gradient 2 * l2 * w; AdamW shrinks w by
+# learning_rate * weight_decay * w per step. Under plain SGD, weight_decay = 2 * l2 is the very
+# same update (Loshchilov & Hutter, Proposition 1): that is the strength a comparison matches.
+MATCHED_DECAY = 2.0
+
+
+def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str], versus_adamw: bool = False) -> list[Point]:
     """The cartesian product of the axes (param key -> values), each point with the fixed overrides.
 
     A point is named with its swept values first ("l2=0.001_seed=1_<sweep id>"): UIs that
     cut long names (MLflow's runs table, dvc exp show) still show what the point is.
+    With versus_adamw, every non-zero train.l2 value also runs as AdamW at the matched
+    weight_decay (MATCHED_DECAY * lambda, train.l2 = 0); lambda = 0 runs once (plain Adam).
     """
+    choices = [[(f"{key.split('.')[-1]}={_slug(v)}", {key: v}) for v in values] for key, values in axes.items()]
+    if versus_adamw:
+        at = list(axes).index(L2)
+        choices[at] = ([(f"l2={_slug(v)}", {L2: v, WEIGHT_DECAY: "0"}) for v in axes[L2]]
+                       + [(f"weight_decay={_slug(d)}", {L2: "0", WEIGHT_DECAY: d})
+                          for d in (f"{MATCHED_DECAY * float(v):g}" for v in axes[L2] if float(v) > 0)])
     points = []
-    for combo in itertools.product(*axes.values()):
-        varying = dict(zip(axes, combo))
-        label = "_".join(f"{key.split('.')[-1]}={_slug(v)}" for key, v in varying.items())
-        points.append(Point(f"{label}_{sweep_id}", {**fixed, **varying}))
+    for combo in itertools.product(*choices):
+        label = "_".join(name for name, _ in combo)
+        points.append(Point(f"{label}_{sweep_id}", {**fixed, **{k: v for _, sets in combo for k, v in sets.items()}}))
     return points
 
 
@@ -252,19 +266,20 @@ def stop_workers(cwd: Path) -> None:
         log.warning("dvc queue stop failed: %s", (proc.stderr.strip() or proc.stdout.strip())[-200:])
 
 
-def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path) -> tuple[str, dict[str, str]]:
+def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path,
+              versus_adamw: bool = False) -> tuple[str, dict[str, str]]:
     """Queue and run the grid; return (sweep id, experiment name -> Success/Failed).
 
     Each point's MLflow run is created before it is queued, nested under the sweep's
     parent; the train stage takes it up by the experiment's name.
     """
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
-    points = grid(sweep_id, axes, fixed)
+    points = grid(sweep_id, axes, fixed, versus_adamw)
     epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
     jobs = worker_count(jobs, len(points))
     store = connect(cwd)
     end_stale_runs(store)
-    with sweep_parent(store, sweep_id, axes, fixed) as parent:
+    with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
         runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name) for point in points}
         queue(points, cwd)
         start_workers(jobs, cwd)

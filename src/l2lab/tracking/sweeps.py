@@ -22,6 +22,7 @@ SWEEP_TAG = "l2lab.sweep_id"
 ROLE_TAG = "l2lab.role"  # "sweep" on a sweep's parent run, "point" on a run it reserved
 AXIS_PREFIX = "sweep."  # parent params: sweep.<params.yaml key> = comma-separated values
 FIXED_PREFIX = "sweep.fixed."
+VERSUS_TAG = "l2lab.versus"  # "adamw" on a sweep that pairs each train.l2 with AdamW at the matched decay
 
 
 @dataclass
@@ -31,9 +32,11 @@ class SweepParent:
 
 
 @contextmanager
-def sweep_parent(store: Store, sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str]) -> Iterator[SweepParent]:
+def sweep_parent(store: Store, sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str],
+                 versus_adamw: bool = False) -> Iterator[SweepParent]:
     """The parent run that groups a sweep's runs; ends FINISHED, FAILED or KILLED."""
-    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "mlflow.note.content": _note(axes, fixed), **owner_tags()}
+    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "mlflow.note.content": _note(axes, fixed, versus_adamw),
+            **owner_tags(), **({VERSUS_TAG: "adamw"} if versus_adamw else {})}
     run = store.write(lambda: store.client.create_run(store.experiment_id, run_name=sweep_id, tags=tags))
     parent = SweepParent(run.info.run_id)
     params = {f"{AXIS_PREFIX}{k}": ",".join(v) for k, v in axes.items()}
@@ -46,10 +49,11 @@ def sweep_parent(store: Store, sweep_id: str, axes: dict[str, list[str]], fixed:
             cancel_reservations(store, parent.run_id)
 
 
-def _note(axes: dict[str, list[str]], fixed: dict[str, str]) -> str:
+def _note(axes: dict[str, list[str]], fixed: dict[str, str], versus_adamw: bool) -> str:
     grid = "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in axes.items())
     extra = ", ".join(f"{k}={v}" for k, v in fixed.items())
-    return f"Sweep over {grid}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
+    versus = ", each non-zero train.l2 also as AdamW at train.weight_decay = 2 x lambda" if versus_adamw else ""
+    return f"Sweep over {grid}{versus}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
 
 
 def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str) -> str:
@@ -121,6 +125,11 @@ def sweep_axes(store: Store, parent_id: str) -> dict[str, list[float]]:
     params = store.client.get_run(parent_id).data.params
     return {key.removeprefix(AXIS_PREFIX): [float(v) for v in value.split(",")]
             for key, value in params.items() if key.startswith(AXIS_PREFIX) and not key.startswith(FIXED_PREFIX)}
+
+
+def sweep_versus(store: Store, parent_id: str) -> bool:
+    """Whether the sweep paired coupled L2 with AdamW (l2lab sweep --versus-adamw)."""
+    return store.client.get_run(parent_id).data.tags.get(VERSUS_TAG) == "adamw"
 
 
 def sweep_runs(store: Store, parent_id: str) -> list[dict[str, Any]]:
