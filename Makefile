@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test test-all demo ui exps bench install clean-venv
+.PHONY: repro test test-all test-team team-up team-down install-team demo ui exps bench install clean-venv
 
 install: $(STAMP)
 
@@ -16,14 +16,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# Team mode's extras (README, "Team mode"): optuna, psycopg2, dvc-s3, SeaweedFS, then the
+# boto3 that matches the botocore dvc-s3 brought.
+TEAM_STAMP := $(VENV)/.installed-team
+install-team: $(TEAM_STAMP)
+
+$(TEAM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,team]'
+	$(BIN)/python -m pip install --quiet "boto3==$$($(BIN)/python -c 'import botocore; print(botocore.__version__)')"
+	touch $@
+
 repro: $(STAMP)
 	$(RUN) dvc repro
 
 test: $(STAMP)
 	$(RUN) python -m pytest
 
-test-all: $(STAMP)
+test-all: $(TEAM_STAMP)
 	$(RUN) python -m pytest -m ""
+
+# The team-mode end-to-end test: starts PostgreSQL, S3 and mlflow server on loopback (a few minutes).
+test-team: $(TEAM_STAMP)
+	$(RUN) python -m pytest -m team
+
+# A local team stack on loopback for trying team mode; its data under .team/ (removed by team-down).
+team-up: $(TEAM_STAMP)
+	$(RUN) l2lab team up
+
+team-down: $(TEAM_STAMP)
+	$(RUN) l2lab team down
 
 # Side-by-side training benchmark against the seed article's loop; writes reports/bench.json.
 bench: $(STAMP)

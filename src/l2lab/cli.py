@@ -29,11 +29,19 @@ def parser() -> argparse.ArgumentParser:
                        "seed, on the same validation split")
     sweep.add_argument("--jobs", "-j", type=int, default=2,
                        help="parallel queue workers (default 2: faster than 1 on 2 cores, see README)")
+    sweep.add_argument("--storage", help="team mode: enqueue the grid for `l2lab worker`s in this Optuna "
+                       "database (postgresql+psycopg2://…; default $L2LAB_STORAGE) instead of the local DVC queue")
     sweep.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="params.yaml override for every point, as for dvc exp run -S")
     report = sub.add_parser("report", help="table, plots and champion of a sweep")
     report.add_argument("--sweep", help="sweep id (default: the latest)")
     report.add_argument("--out", type=Path, default=None, help="folder for the report files (default reports/sweep)")
+    worker = sub.add_parser("worker", help="team mode: run team sweeps' points from this clone until none is left")
+    worker.add_argument("--storage", help="the sweeps' Optuna database (default $L2LAB_STORAGE)")
+    worker.add_argument("--sweep", help="take points of this sweep only (default: any team sweep)")
+    team = sub.add_parser("team", help="a local team stack for trying team mode: PostgreSQL, S3, mlflow server")
+    team.add_argument("action", choices=["up", "down"])
+    team.add_argument("--dir", type=Path, default=Path(".team"), help="its data, logs and env file (default .team)")
     sub.add_parser("gc", help="end KILLED every run left RUNNING by a process that is gone (kill -9, OOM)")
     ui = sub.add_parser("ui", help="the MLflow UI for this repo's runs, on 127.0.0.1 only")
     ui.add_argument("--port", type=int, default=5000)
@@ -42,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
 
 def sweep_command(args: argparse.Namespace) -> int:
     from l2lab.report import REPORT_DIR, make_report
-    from l2lab.sweep import parse_sets, parse_values, run_sweep
+    from l2lab.sweep import parse_sets, parse_values, run_sweep, run_team_sweep
+    from l2lab.team.queue import storage_url
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
             for opt, key in GRID_OPTIONS.items() if getattr(args, opt)}
@@ -53,7 +62,11 @@ def sweep_command(args: argparse.Namespace) -> int:
                          "and no --weight-decay")
     if args.jobs < 1:
         raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
-    sweep_id, results = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd(), args.versus_adamw)
+    storage = storage_url(args.storage)
+    if storage:
+        sweep_id, results = run_team_sweep(axes, parse_sets(args.sets), Path.cwd(), storage, args.versus_adamw)
+    else:
+        sweep_id, results = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd(), args.versus_adamw)
     report = make_report(sweep_id, REPORT_DIR)
     print_report(report)
     failed = sorted(name for name, status in results.items() if status != "Success")
@@ -61,6 +74,35 @@ def sweep_command(args: argparse.Namespace) -> int:
         log.error("error: %d of %d points failed: %s (see `dvc queue logs <name>`)",
                   len(failed), len(results), ", ".join(failed))
         return 1
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from l2lab.team.queue import STORAGE_ENV, storage_url
+    from l2lab.team.worker import work
+
+    storage = storage_url(args.storage)
+    if not storage:
+        raise L2labError(f"give the sweeps' database: --storage postgresql+psycopg2://… or {STORAGE_ENV}")
+    return 1 if work(storage, args.sweep, Path.cwd()) else 0
+
+
+def team_command(args: argparse.Namespace) -> int:
+    from l2lab.team import stack
+
+    if args.action == "down":
+        stack.down(args.dir)
+        return 0
+    started = stack.up(args.dir)
+    env_file = Path(started.folder) / "env"
+    print(f"Team stack up (data in {started.folder}; stop it with `l2lab team down --dir {args.dir}`):\n"
+          f"  MLflow UI and tracking server  {started.tracking_uri}\n"
+          f"  S3 store                       {started.s3_endpoint} (bucket {stack.BUCKET})\n"
+          f"  PostgreSQL                     127.0.0.1:{started.pg_port} (databases {', '.join(stack.DATABASES)})\n"
+          f"Export the variables clients need (they hold passwords; the file is yours only):\n"
+          f"  . {env_file}\n"
+          f"and give the repo the DVC remote once (then commit .dvc/config):\n"
+          f"  dvc remote add -d team s3://{stack.BUCKET}/dvc")
     return 0
 
 
@@ -121,7 +163,8 @@ def print_report(report) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    commands = {"sweep": sweep_command, "report": report_command, "ui": ui, "gc": gc}
+    commands = {"sweep": sweep_command, "report": report_command, "ui": ui, "gc": gc, "worker": worker_command,
+                "team": team_command}
     run_stage(lambda: commands[args.command](args))
 
 

@@ -303,3 +303,59 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
             stop_workers(cwd)
         parent.failed = any(status != "Success" for status in results.values())
     return sweep_id, results
+
+
+def pushed_commit(cwd: Path) -> str:
+    """The commit a team sweep runs on: HEAD, with no uncommitted changes, and on the git remote origin."""
+    from l2lab.team.worker import check_clone, git
+
+    check_clone(cwd)
+    commit = git("rev-parse", "HEAD", cwd=cwd)
+    git("fetch", "-q", "origin", cwd=cwd)
+    if not git("branch", "-r", "--contains", commit, cwd=cwd):
+        raise L2labError(f"commit {commit[:12]} is not on origin: workers on other machines could not check it "
+                         "out; git push first")
+    return commit
+
+
+def run_team_sweep(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path, storage_url: str,
+                   versus_adamw: bool = False) -> tuple[str, dict[str, str]]:
+    """Enqueue the grid in the team's Optuna storage for `l2lab worker`s, and follow it to the end.
+
+    The parent run and every point's reserved run are created on the tracking server
+    first, as for a local sweep. Ctrl-C or SIGTERM cancels the points no worker has taken
+    (their runs end KILLED); points already running finish on their workers.
+    """
+    from l2lab.team import queue as team_queue
+
+    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
+    points = grid(sweep_id, axes, fixed, versus_adamw)
+    epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
+    commit = pushed_commit(cwd)
+    storage = team_queue.open_storage(storage_url)
+    store = connect(cwd)
+    end_stale_runs(store)
+    with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
+        runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name) for point in points}
+        study = team_queue.enqueue(storage, sweep_id, [(p.name, p.sets) for p in points],
+                                   {"commit": commit, "parent_run_id": parent.run_id})
+        log.info("sweep %s: %d points enqueued for team workers (commit %s; MLflow parent run %s); on each "
+                 "worker machine: l2lab worker --sweep %s", sweep_id, len(points), commit[:12], parent.run_id, sweep_id)
+
+        def done(name: str, status: str) -> None:
+            end_unstarted(store, runs[name])
+            log.info("%s: %s", name, status)
+
+        def progress(name: str) -> Progress:
+            done_epochs, val = point_progress(store, runs[name])
+            return Progress(done_epochs, epochs[name], val)
+
+        try:  # workers come and go: a team sweep never counts as stalled
+            results = wait(points, cwd, done, read_state=lambda _: (team_queue.point_states(study), 1), progress=progress)
+        except BaseException:
+            cancelled = team_queue.cancel_waiting(storage, study)
+            if cancelled:
+                log.info("cancelled (no worker had taken them): %s", ", ".join(cancelled))
+            raise
+        parent.failed = any(status != "Success" for status in results.values())
+    return sweep_id, results

@@ -99,8 +99,10 @@ def connect(root: Path | None = None) -> Store:
         client = MlflowClient(tracking_uri=uri)
         experiment = retrying(lambda: client.get_experiment_by_name(EXPERIMENT), where=uri)
         if experiment is None:
-            created = retrying(lambda: client.create_experiment(EXPERIMENT, artifact_location=_artifacts(root),
-                                                                tags=KIND_TAGS), where=uri)
+            # A tracking server decides where artifacts go (its --artifacts-destination); a local store, mlartifacts/.
+            location = _artifacts(root) if db is not None else None
+            created = retrying(lambda: client.create_experiment(EXPERIMENT, artifact_location=location, tags=KIND_TAGS),
+                               where=uri)
             return Store(uri, client, created)
         for key, value in KIND_TAGS.items():  # experiments made before l2lab set it
             if experiment.tags.get(key) != value:

@@ -1,0 +1,66 @@
+"""Run a command that must not outlive the worker that started it.
+
+`python -m l2lab.team.guard CMD...` starts CMD in a session of its own and watches its
+standard input, a pipe whose other end only the worker holds. When the worker dies, even
+by SIGKILL, the pipe closes and the guard interrupts CMD's whole process group (SIGINT:
+the train stage then ends its MLflow run KILLED), then kills it if it lingers. Without it
+an orphaned `dvc exp run` would finish a point that another worker is re-running. Ctrl-C
+(SIGINT) or SIGTERM to the guard is passed on the same way. Exits with CMD's status.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+GRACE_SECONDS = 60.0  # after SIGINT, how long CMD has to end its runs before SIGKILL
+
+
+def interrupt(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
+    """SIGINT to the command's process group; SIGKILL to it after grace seconds if it still runs."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m l2lab.team.guard CMD [ARG...]", file=sys.stderr)
+        return 2
+    proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    while proc.poll() is None:
+        if stopping:
+            interrupt(proc)
+            break
+        try:
+            readable, _, _ = select.select([sys.stdin], [], [], 0.5)
+        except InterruptedError:
+            continue
+        if readable and not os.read(sys.stdin.fileno(), 1024):  # EOF: the worker is gone
+            interrupt(proc)
+            break
+    return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,194 @@
+"""`l2lab worker`: take a team sweep's points one at a time and run each as a DVC experiment here.
+
+A worker runs in a clone of its own (it checks out each sweep's commit). For every
+point: take its trial from the Optuna study (one taker only; a heartbeat while it runs),
+check out the sweep's commit, `dvc pull` the data, `dvc exp run --temp -n <point>` with
+the point's params (its stages log to the tracking server, nested under the sweep's
+parent), `dvc exp push origin <point>` (the experiment to the git remote, its outputs to
+the DVC remote), and report val_accuracy to the study. It exits when nothing is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.entities import RunStatus, RunTag
+
+from l2lab.errors import L2labError
+from l2lab.team import queue
+from l2lab.tracking.runs import PARENT_TAG, RESERVED, quote
+from l2lab.tracking.store import Store, connect, search_runs
+from l2lab.tracking.sweeps import end_unstarted, reserve
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 5.0
+PUSH_TRIES = 3
+
+
+def git(*args: str, cwd: Path) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise L2labError(f"git {' '.join(args)} failed: {last[0]}")
+    return proc.stdout.strip()
+
+
+def dvc_command() -> str:
+    """The dvc beside this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else "dvc"
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([dvc_command(), *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise L2labError(f"dvc {' '.join(args)} failed: {last[0]}")
+    return proc
+
+
+def check_clone(clone: Path) -> None:
+    """A worker's clone: no uncommitted changes to tracked files (it checks out other commits),
+    a git remote named origin and a default DVC remote (where experiments and outputs go)."""
+    if git("status", "--porcelain", "--untracked-files=no", cwd=clone):
+        raise L2labError(f"{clone} has uncommitted changes; a worker checks out each sweep's commit: "
+                         "run it in a clone of its own")
+    if "origin" not in git("remote", cwd=clone).split():
+        raise L2labError("no git remote named origin: a worker pushes its experiments there")
+    if not dvc("remote", "default", cwd=clone).stdout.strip():
+        raise L2labError("no default DVC remote: add the team's (dvc remote add -d team s3://…) and commit .dvc/config")
+
+
+def checkout(clone: Path, commit: str) -> None:
+    git("fetch", "-q", "origin", cwd=clone)
+    git("checkout", "-q", "--detach", commit, cwd=clone)
+
+
+def point_runs(store: Store, parent_id: str, name: str) -> list:
+    return search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`dvc.exp_name` = '{quote(name)}'",
+                       order_by=["attributes.start_time DESC"])
+
+
+def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str) -> str:
+    """The point's run, waiting (SCHEDULED) for its train stage: the sweep's reservation, or a new one
+    when an earlier try took it. An earlier try's run still RUNNING belongs to a worker whose
+    heartbeat stopped (Optuna handed its point to this one): it ends KILLED."""
+    waiting = None
+    for run in point_runs(store, parent_id, name):
+        if run.info.status == "RUNNING":
+            run_id = run.info.run_id
+            store.write(lambda: store.client.log_batch(run_id, tags=[RunTag("l2lab.ended_by", "l2lab worker: its "
+                                                                              "worker stopped sending heartbeats")]))
+            store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED)))
+            log.warning("%s: MLflow run %s was left RUNNING by a worker that is gone: ended KILLED", name, run_id)
+        elif run.info.status == RESERVED:
+            waiting = run.info.run_id
+    return waiting or reserve(store, parent_id, sweep_id, name)
+
+
+def finished_value(store: Store, parent_id: str, name: str) -> float | None:
+    """val_accuracy of the point's FINISHED run, if it has one."""
+    for run in point_runs(store, parent_id, name):
+        if run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics:
+            return run.data.metrics["val_accuracy"]
+    return None
+
+
+def run_guarded(argv: list[str], cwd: Path) -> int:
+    """Run argv under l2lab.team.guard: it dies with this worker. Ctrl-C/SIGTERM here stop it first."""
+    guard = subprocess.Popen([sys.executable, "-m", "l2lab.team.guard", *argv], cwd=cwd, stdin=subprocess.PIPE)
+    try:
+        return guard.wait()
+    finally:
+        if guard.poll() is None:  # interrupted: closing its stdin makes the guard stop the command
+            guard.stdin.close()
+            guard.wait()
+
+
+def run_point(task: queue.Task, clone: Path) -> bool:
+    """Run one taken point end to end; tell the study how it went. True when it succeeded."""
+    from optuna.trial import TrialState
+
+    attrs = task.study.user_attrs
+    parent_id, sweep_id, commit = attrs["parent_run_id"], attrs[queue.SWEEP_ATTR], attrs["commit"]
+    retry = f", retry of trial {task.retry_of}" if task.retry_of is not None else ""
+    log.info("%s: taken (trial %d%s), on commit %s", task.point, task.number, retry, commit[:12])
+    store = connect(clone)
+    value = None
+    try:
+        with queue.Heartbeat(task):
+            run_id = prepare_run(store, parent_id, sweep_id, task.point)
+            checkout(clone, commit)
+            pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=clone, capture_output=True, text=True)
+            if pulled.returncode != 0:
+                log.warning("dvc pull: %s", (pulled.stderr.strip() or pulled.stdout.strip()).splitlines()[-1:])
+            sets = [arg for key, v in task.sets.items() for arg in ("-S", f"{key}={v}")]
+            status = run_guarded([dvc_command(), "exp", "run", "--temp", "-n", task.point, *sets], clone)
+            if status == 0:
+                push(clone, task.point)
+                value = finished_value(store, parent_id, task.point)
+            else:
+                log.error("%s: dvc exp run exited %d", task.point, status)
+                end_unstarted(store, run_id)
+    except KeyboardInterrupt:
+        task.study.tell(task.number, state=TrialState.FAIL)
+        queue.requeue(task)
+        log.warning("%s: interrupted; its run ended KILLED and the point is queued again for another worker",
+                    task.point)
+        raise
+    except BaseException:
+        task.study.tell(task.number, state=TrialState.FAIL)
+        raise
+    if value is None:
+        task.study.tell(task.number, state=TrialState.FAIL)
+        log.error("%s: failed", task.point)
+        return False
+    task.study.tell(task.number, value)
+    log.info("%s: done, val_accuracy %.4f", task.point, value)
+    return True
+
+
+def push(clone: Path, name: str) -> None:
+    """`dvc exp push origin <name>`: the experiment's commit to the git remote, its outputs to the DVC remote."""
+    for attempt in range(1, PUSH_TRIES + 1):
+        try:
+            dvc("exp", "push", "origin", name, cwd=clone)
+            return
+        except L2labError:
+            if attempt == PUSH_TRIES:
+                raise
+            log.warning("dvc exp push %s failed; trying again in %d s", name, 5 * attempt)
+            time.sleep(5 * attempt)
+
+
+def work(storage_url: str, sweep_id: str | None, clone: Path) -> int:
+    """Take and run points until no sweep has one waiting and none runs elsewhere; return the failures."""
+    clone = clone.resolve()
+    check_clone(clone)
+    storage = queue.open_storage(storage_url)
+    done = failed = 0
+    waiting_logged = False
+    log.info("worker on %s: sweeps in %s%s", clone, queue.redact(storage_url),
+             f", sweep {sweep_id} only" if sweep_id else "")
+    while True:
+        studies = queue.sweeps(storage, sweep_id)
+        task = next(filter(None, (queue.take(storage, study) for study in studies)), None)
+        if task is None:
+            running = queue.trials_running(studies)
+            if not running:
+                log.info("nothing left to run: %d point(s) done here, %d failed", done, failed)
+                return failed
+            if not waiting_logged:  # a running point may yet come back, if its worker dies
+                log.info("no point waiting; %d running elsewhere: waiting in case one comes back", running)
+                waiting_logged = True
+            time.sleep(POLL_SECONDS)
+            continue
+        waiting_logged = False
+        ok = run_point(task, clone)
+        done += ok
+        failed += not ok

@@ -1,0 +1,148 @@
+"""Team mode end to end, on loopback: the real stack (PostgreSQL, SeaweedFS's S3, `mlflow server`),
+a bare git repository as the team's remote, and two workers in two clones, one killed mid-point."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from l2lab.team import stack as team_stack
+from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
+from l2lab.tracking.store import EXPERIMENT
+from project import clone_project, env, run, set_params
+
+pytestmark = [pytest.mark.team, pytest.mark.e2e]
+GRID = ["0", "0.001", "0.01", "0.1"]
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    if shutil.which("initdb") is None and shutil.which("pg_config") is None:
+        pytest.skip("PostgreSQL's server programs are not installed")
+    started = team_stack.up(tmp_path / ".team")
+    yield started
+    team_stack.down(tmp_path / ".team")
+
+
+def team_env(stack: team_stack.Stack) -> dict[str, str]:
+    return env(**stack.client_env())
+
+
+def sh(cwd: Path, stack: team_stack.Stack, *args: str) -> subprocess.CompletedProcess:
+    return run(cwd, *args, **stack.client_env())
+
+
+def start(cwd: Path, stack: team_stack.Stack, *args: str, log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(list(args), cwd=cwd, env=team_env(stack), stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: team_stack.Stack,
+                                                         small_archive: Path, small_archive_sha256: str) -> None:
+    # The team's git remote, and an admin clone that puts the data in the DVC remote once.
+    remote = tmp_path / "remote.git"
+    run(tmp_path, "git", "init", "-q", "--bare", "-b", "main", str(remote))
+    archive = tmp_path / "shared" / "cifar.tar.gz"  # removed once pushed: workers must pull, not download
+    archive.parent.mkdir()
+    shutil.copy(small_archive, archive)
+    admin = clone_project(tmp_path / "admin")
+    set_params(admin, data__url=archive.as_uri(), data__sha256=small_archive_sha256, data__val_size=50,
+               train__epochs=2)
+    sh(admin, stack, "dvc", "remote", "add", "-d", "team", f"s3://{team_stack.BUCKET}/dvc")
+    sh(admin, stack, "dvc", "repro", "preprocess")
+    sh(admin, stack, "git", "add", "-A")
+    sh(admin, stack, "git", "commit", "-qm", "team remote, data")
+    sh(admin, stack, "dvc", "push")
+    sh(admin, stack, "git", "remote", "add", "origin", str(remote))
+    sh(admin, stack, "git", "push", "-q", "origin", "main")
+    archive.unlink()
+
+    workers = [tmp_path / "w1", tmp_path / "w2"]
+    for clone in workers:
+        run(tmp_path, "git", "clone", "-q", str(remote), str(clone))
+
+    sweep = start(admin, stack, "l2lab", "sweep", "--l2", ",".join(GRID), log=tmp_path / "sweep.log")
+    client = MlflowClient(stack.tracking_uri)
+    wait_for(lambda: "points enqueued for team workers" in (tmp_path / "sweep.log").read_text(), 120, "the grid")
+    procs = [start(clone, stack, "l2lab", "worker", log=tmp_path / f"{clone.name}.log") for clone in workers]
+
+    # Kill worker 1 (SIGKILL: no clean-up of its own) once its point trains.
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+
+    def training_in_worker1():
+        mine = {p.pid for p in psutil.Process(procs[0].pid).children(recursive=True)}
+        for r in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'"):
+            if int(r.data.tags.get("l2lab.pid", "0")) in mine and r.data.metrics.get("val_accuracy") is None:
+                return r
+        return None
+
+    killed_run = wait_for(training_in_worker1, 300, "worker 1 to train a point")
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+
+    assert procs[1].wait(timeout=900) == 0, (tmp_path / "w2.log").read_text()
+    assert sweep.wait(timeout=120) == 0, (tmp_path / "sweep.log").read_text()
+    log2 = (tmp_path / "w2.log").read_text()
+    assert f"{killed_run.data.tags['dvc.exp_name']}: taken (trial 4, retry of trial" in log2  # w2 took it up
+
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`l2lab.role` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    by_point: dict[str, list] = {}
+    for r in children:
+        by_point.setdefault(r.data.tags["dvc.exp_name"], []).append(r)
+    assert len(by_point) == len(GRID)
+    for name, point_runs in by_point.items():  # exactly one FINISHED run per point
+        assert [r.info.status for r in point_runs].count("FINISHED") == 1, name
+    # The killed worker's run ended KILLED (its guard interrupted the training), not FINISHED.
+    assert client.get_run(killed_run.info.run_id).info.status == "KILLED"
+    assert len(by_point[killed_run.data.tags["dvc.exp_name"]]) == 2
+    # No training outlived worker 1.
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "w1" in " ".join(p.info["cmdline"] or [])
+                and "l2lab.stages" in " ".join(p.info["cmdline"] or [])]
+
+    # Artifacts went through the server to the S3 bucket.
+    keys = [o["Key"] for page in team_stack.s3_client(stack).get_paginator("list_objects_v2").paginate(
+        Bucket=team_stack.BUCKET, Prefix="mlartifacts/") for o in page.get("Contents", [])]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    for r in finished:
+        assert any(f"/{r.info.run_id}/artifacts/weights/model.weights.h5" in k for k in keys), r.info.run_name
+    assert any(k.startswith("mlartifacts/") and "/models/" in k for k in keys)  # the logged MLflow models
+
+    # A third, fresh clone sees the four experiments and pulls a model that loads and predicts.
+    fresh = tmp_path / "w3"
+    run(tmp_path, "git", "clone", "-q", str(remote), str(fresh))
+    sh(fresh, stack, "dvc", "exp", "pull", "origin", *by_point)
+    listed = sh(fresh, stack, "dvc", "exp", "list", "--name-only").stdout.split()
+    assert sorted(listed) == sorted(by_point)
+    champion_name = max(finished, key=lambda r: r.data.metrics["val_accuracy"]).data.tags["dvc.exp_name"]
+    sh(fresh, stack, "dvc", "exp", "apply", champion_name)
+    sh(fresh, stack, "dvc", "pull", "train")
+    code = ("import keras, numpy as np; m = keras.models.load_model('models/model.keras'); "
+            "p = m.predict(np.zeros((2, 32, 32, 3), 'float32'), verbose=0); assert p.shape == (2, 10); print('ok')")
+    assert sh(fresh, stack, sys.executable, "-c", code).stdout.strip().endswith("ok")
+
+    # l2lab report against the server: the champion on validation accuracy, registered there.
+    out = sh(admin, stack, "l2lab", "report").stdout
+    best = max(finished, key=lambda r: (r.data.metrics["val_accuracy"], -r.data.metrics["val_loss"]))
+    assert best.info.run_id in out
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).tags["source_run_id"] == best.info.run_id

@@ -1,0 +1,121 @@
+"""Team mode's parts that need no servers: the Optuna queue (on Optuna's SQLite storage), the guard, redaction."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.team  # `make test-team`, with the team extras installed
+pytest.importorskip("optuna", reason="team extras not installed (make install-team)")
+
+from l2lab.errors import L2labError  # noqa: E402
+from l2lab.team import queue  # noqa: E402
+
+
+@pytest.fixture
+def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(queue, "GRACE_SECONDS", 1)
+    return queue.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_each_point_is_taken_once_and_its_state_follows_its_latest_trial(storage) -> None:
+    study = queue.enqueue(storage, "sw1", [("a_sw1", {"train.l2": "0"}), ("b_sw1", {"train.l2": "1"})],
+                          {"commit": "c0ffee", "parent_run_id": "p"})
+    (found,) = queue.sweeps(storage)
+    assert found.study_name == "sw1" and found.user_attrs["commit"] == "c0ffee"
+    first, second = queue.take(storage, study), queue.take(storage, study)
+    assert (first.point, first.sets, first.retry_of) == ("a_sw1", {"train.l2": "0"}, None)
+    assert second.point == "b_sw1"
+    assert queue.take(storage, study) is None  # nothing waiting: never a fresh, empty trial
+    assert queue.point_states(study) == {"a_sw1": "Running", "b_sw1": "Running"}
+    study.tell(first.number, 0.5)
+    assert queue.point_states(study)["a_sw1"] == "Success"
+    assert len(study.trials) == 2
+
+
+def test_a_point_whose_heartbeat_stops_is_retried_by_the_next_taker(storage) -> None:
+    study = queue.enqueue(storage, "sw2", [("a_sw2", {"train.l2": "0"})], {"commit": "c", "parent_run_id": "p"})
+    dead = queue.take(storage, study)  # its worker dies: no more heartbeats
+    assert queue.trials_running([study]) == 1
+    time.sleep(2.5)  # past the grace period (1 s here)
+    retry = queue.take(storage, study)
+    assert retry is not None and retry.point == "a_sw2" and retry.retry_of == dead.number
+    assert retry.sets == {"train.l2": "0"}
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {dead.number: "FAIL", retry.number: "RUNNING"}
+    assert queue.point_states(study) == {"a_sw2": "Running"}  # the retry supersedes the failure
+
+
+def test_a_heartbeat_keeps_a_slow_point_its_workers(storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue, "HEARTBEAT_SECONDS", 0.2)
+    study = queue.enqueue(storage, "sw3", [("a_sw3", {}), ("b_sw3", {})], {"commit": "c", "parent_run_id": "p"})
+    task = queue.take(storage, study)
+    with queue.Heartbeat(task):
+        time.sleep(2.5)
+        other = queue.take(storage, study)
+    assert other.point == "b_sw3" and other.retry_of is None  # the live point was not handed out again
+    assert queue.cancel_waiting(storage, study) == []
+    queue.requeue(task)  # an interrupted point goes back to the queue
+    assert queue.cancel_waiting(storage, study) == ["a_sw3"]
+    assert queue.take(storage, study) is None
+
+
+def test_storage_errors_name_the_url_without_its_password() -> None:
+    with pytest.raises(L2labError) as caught:
+        queue.open_storage("postgresql+psycopg2://me:s3cret@127.0.0.1:9/optuna")
+    message = str(caught.value)
+    assert message.startswith("cannot open the sweep storage postgresql+psycopg2://me:***@127.0.0.1:9/optuna")
+    assert "s3cret" not in message
+    assert queue.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    with pytest.raises(L2labError, match="no team sweep 'nope'"):
+        queue.sweeps(queue.open_storage("sqlite://"), "nope")
+
+
+GUARDED = """
+import signal, sys, time
+def stop(*_):
+    open(sys.argv[1], "w").write("interrupted")
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+open(sys.argv[1] + ".started", "w").write("")
+time.sleep(120)
+"""
+
+
+def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    # The worker: holds the guard's stdin and is then SIGKILLed.
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time; "
+        f"g = subprocess.Popen([sys.executable, '-m', 'l2lab.team.guard', sys.executable, '-c', {GUARDED!r}, "
+        f"{str(marker)!r}], stdin=subprocess.PIPE); print(g.pid, flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    guard_pid = int(worker.stdout.readline())
+    deadline = time.monotonic() + 30
+    while not Path(f"{marker}.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.read_text() == "interrupted"  # SIGINT reached the command: a stage ends its run KILLED
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(guard_pid, 0)
+        except ProcessLookupError:
+            break
+        try:
+            os.waitpid(guard_pid, os.WNOHANG)  # reaped by init, not us; this only avoids a busy loop
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(guard_pid, 0)
