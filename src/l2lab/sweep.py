@@ -309,7 +309,7 @@ def pushed_commit(cwd: Path) -> str:
     """The commit a team sweep runs on: HEAD, with no uncommitted changes, and on the git remote origin."""
     from l2lab.team.worker import check_clone, git
 
-    check_clone(cwd)
+    check_clone(cwd, "team workers run the sweep's commit, not your workspace: commit (and push) first")
     commit = git("rev-parse", "HEAD", cwd=cwd)
     git("fetch", "-q", "origin", cwd=cwd)
     if not git("branch", "-r", "--contains", commit, cwd=cwd):

@@ -52,15 +52,16 @@ def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def check_clone(clone: Path) -> None:
-    """A worker's clone: no uncommitted changes to tracked files (it checks out other commits),
+def check_clone(clone: Path, dirty: str = "a worker checks out each sweep's commit: run it in a clone of its own"
+                ) -> None:
+    """A clone for team mode: no uncommitted changes to tracked files (dirty says why that matters),
     a git remote named origin and a default DVC remote (where experiments and outputs go)."""
     if git("status", "--porcelain", "--untracked-files=no", cwd=clone):
-        raise L2labError(f"{clone} has uncommitted changes; a worker checks out each sweep's commit: "
-                         "run it in a clone of its own")
+        raise L2labError(f"{clone} has uncommitted changes; {dirty}")
     if "origin" not in git("remote", cwd=clone).split():
-        raise L2labError("no git remote named origin: a worker pushes its experiments there")
-    if not dvc("remote", "default", cwd=clone).stdout.strip():
+        raise L2labError("no git remote named origin: team mode shares experiments through it (git remote add origin …)")
+    default = subprocess.run([dvc_command(), "remote", "default"], cwd=clone, capture_output=True, text=True)
+    if default.returncode != 0 or not default.stdout.strip():
         raise L2labError("no default DVC remote: add the team's (dvc remote add -d team s3://…) and commit .dvc/config")
 
 
