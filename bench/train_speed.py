@@ -1,9 +1,12 @@
-"""Side-by-side training benchmark: the seed article's loop against l2lab's train stage.
+"""Side-by-side training benchmark: the seed article's loop, l2lab's train stage and, where
+PyTorch is installed, a plain PyTorch loop for the same network (the peer a user would
+write instead; `pip install torch`, optional).
 
-Runs each side in its own process, interleaved (seed, ours, seed, ours, ...), on the
-same machine, model, batch size and images, and prints images/s, peak memory and
+Runs each side in its own process, interleaved (seed, ours, torch, seed, ours, torch, ...),
+on the same machine, model, batch size and images, and prints images/s, peak memory and
 achieved GFLOP/s (also as a share of a float32 matmul peak measured in the same run).
-Writes reports/bench.json. A benchmark, not a test: nothing here asserts a timing.
+Writes reports/bench.json, with the CPU's vector ISA flags. A benchmark, not a test:
+nothing here asserts a timing.
 
     python bench/train_speed.py [--pairs 3] [--epochs 4] [--images N]
 """
@@ -112,6 +115,67 @@ def ours_side(epochs: int, images: int | None, precision: str = "float32") -> di
     return {"epoch_seconds": seconds, "images": count, "source": source, "params": model.count_params()}
 
 
+def torch_side(epochs: int, images: int | None) -> dict:
+    """A plain PyTorch loop for the same network, as a user would write it well: the same layers and
+    Glorot-uniform kernels, Adam 1e-3, batch 64, L2 on every kernel as a loss term, uint8 images
+    scaled per batch, a seeded shuffle, channels_last, every core; validation after each epoch."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    xt, yt, xv, yv, source = load_arrays(images)
+    # NHWC uint8 arrays seen as NCHW tensors: already channels_last in memory, no copy.
+    x_train, x_val = (torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2) for a in (xt, xv))
+    y_train, y_val = torch.from_numpy(yt.astype(np.int64)), torch.from_numpy(yv.astype(np.int64))
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 6 * 6, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).to(memory_format=torch.channels_last)
+    kernels = [m.weight for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in model:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    shuffle = torch.Generator().manual_seed(0)
+
+    def batch(x: torch.Tensor, idx) -> torch.Tensor:
+        return x[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_train), generator=shuffle)
+        for i in range(0, len(order), BATCH):
+            idx = order[i : i + BATCH]
+            loss = loss_fn(model(batch(x_train, idx)), y_train[idx]) + L2 * sum((w * w).sum() for w in kernels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(batch(x_val, slice(i, i + BATCH))).argmax(1) == y_val[i : i + BATCH]).sum())
+                          for i in range(0, len(x_val), BATCH))
+        seconds.append(time.perf_counter() - start)
+    return {"epoch_seconds": seconds, "images": len(xt), "source": source,
+            "params": sum(p.numel() for p in model.parameters()), "val_accuracy": correct / len(x_val),
+            "torch": torch.__version__}
+
+
+def isa_flags() -> list[str]:
+    """The CPU's vector ISA flags that decide which kernels run (from /proc/cpuinfo; empty elsewhere)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in wanted if f in flags]
+
+
 def train_flops_per_image() -> float:
     """Forward + backward FLOPs per training image, from the model's layers.
 
@@ -155,7 +219,7 @@ def matmul_peak_gflops() -> float:
 
 def worker(side: str, epochs: int, images: int | None, out: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sides = {"seed": seed_side, "ours": ours_side,
+    sides = {"seed": seed_side, "ours": ours_side, "torch": torch_side,
              "ours_bf16": lambda e, i: ours_side(e, i, precision="mixed_bfloat16")}
     result = sides[side](epochs, images)
     out.write_text(json.dumps(result))
@@ -200,7 +264,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "processed",
                         help="folder with train.npz and val.npz (default: the pipeline's)")
     parser.add_argument("--bf16", action="store_true", help="also run ours with train.precision=mixed_bfloat16")
-    parser.add_argument("--worker", choices=["seed", "ours", "ours_bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer even if torch is installed")
+    parser.add_argument("--worker", choices=["seed", "ours", "ours_bf16", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.epochs, args.images, args.out)
@@ -210,7 +275,12 @@ def main() -> None:
     os.environ["BENCH_DATA_DIR"] = str(args.data_dir)  # the worker processes read it
     peak = matmul_peak_gflops()
     flops = train_flops_per_image()
-    order = ["seed", "ours"] + (["ours_bf16"] if args.bf16 else [])
+    import importlib.util
+
+    with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
+    if not with_torch and not args.no_torch:
+        print("PyTorch is not installed: no torch peer (pip install torch to add it)", flush=True)
+    order = ["seed", "ours"] + (["ours_bf16"] if args.bf16 else []) + (["torch"] if with_torch else [])
     runs: dict[str, list[dict]] = {side: [] for side in order}
     for pair in range(args.pairs):
         for side in order:
@@ -222,7 +292,7 @@ def main() -> None:
     sides = {side: summarize(results, flops, peak) for side, results in runs.items()}
     report = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "isa": isa_flags()},
         "data": runs["ours"][0]["source"],
         "precision": "float32",
         "images_per_epoch": runs["ours"][0]["images"],
@@ -235,6 +305,10 @@ def main() -> None:
         "train_speedup_vs_seed": sides["ours"]["images_per_s"]["median"] / sides["seed"]["images_per_s"]["median"],
         "peak_rss_ratio_vs_seed": sides["ours"]["peak_rss_mb"] / sides["seed"]["peak_rss_mb"],
     }
+    if "torch" in sides:
+        report["torch"] = sides["torch"] | {"version": runs["torch"][0]["torch"]}
+        report["train_speedup_vs_torch"] = (sides["ours"]["images_per_s"]["median"]
+                                            / sides["torch"]["images_per_s"]["median"])
     if "ours_bf16" in sides:
         report["ours_bf16"] = sides["ours_bf16"]
         report["bf16_speedup_vs_fp32"] = (sides["ours_bf16"]["images_per_s"]["median"]
@@ -249,7 +323,7 @@ def print_table(r: dict) -> None:
           f"{r['pairs']} interleaved pairs; {r['train_mflop_per_image']:.1f} MFLOP per training image; "
           f"float32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s")
     print(f"{'':9} {'images/s (median, min-max)':>30} {'peak RSS':>10} {'GFLOP/s':>8} {'of peak':>8}")
-    for side in ("seed", "ours", "ours_bf16"):
+    for side in ("seed", "ours", "ours_bf16", "torch"):
         if side not in r:
             continue
         s = r[side]
@@ -257,7 +331,9 @@ def print_table(r: dict) -> None:
         print(f"{side:9} {ips['median']:>14,.0f} ({ips['min']:,.0f}-{ips['max']:,.0f}) "
               f"{s['peak_rss_mb']:>8,.0f} MB {s['gflops']:>8.1f} {s['share_of_matmul_peak']:>7.1%}")
     print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"
-          + (f", bf16_speedup_vs_fp32 {r['bf16_speedup_vs_fp32']:.2f}x" if "bf16_speedup_vs_fp32" in r else ""))
+          + (f", bf16_speedup_vs_fp32 {r['bf16_speedup_vs_fp32']:.2f}x" if "bf16_speedup_vs_fp32" in r else "")
+          + (f", train_speedup_vs_torch {r['train_speedup_vs_torch']:.2f}x" if "train_speedup_vs_torch" in r else ""))
+    print(f"CPU: {r['machine']['cpus']} cores, ISA {' '.join(r['machine']['isa']) or 'unknown'}")
 
 
 if __name__ == "__main__":
