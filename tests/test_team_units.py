@@ -119,3 +119,40 @@ def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -
         time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(guard_pid, 0)
+
+
+def test_team_mode_refuses_a_local_store_a_dirty_clone_and_an_unpushed_commit(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from l2lab.sweep import pushed_commit
+    from l2lab.team.worker import check_shared_tracking
+    from project import run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(L2labError, match="team mode needs the team's MLflow tracking server, not sqlite:///"):
+        check_shared_tracking(tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any store was made
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    check_shared_tracking(tmp_path)
+
+    repo, remote = tmp_path / "repo", tmp_path / "remote.git"
+    repo.mkdir()
+    run(tmp_path, "git", "init", "-q", "--bare", str(remote))
+    run(repo, "git", "init", "-q", "-b", "main")
+    run(repo, "dvc", "init", "-q")
+    (repo / "params.yaml").write_text("a: 1\n")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "init")
+    with pytest.raises(L2labError, match="no git remote named origin"):
+        pushed_commit(repo)
+    run(repo, "git", "remote", "add", "origin", str(remote))
+    with pytest.raises(L2labError, match="no default DVC remote"):
+        pushed_commit(repo)
+    run(repo, "dvc", "remote", "add", "-d", "team", "s3://bucket/dvc")
+    run(repo, "git", "commit", "-qam", "remote")
+    with pytest.raises(L2labError, match=r"commit [0-9a-f]{12} is not on origin: .* git push first"):
+        pushed_commit(repo)
+    run(repo, "git", "push", "-q", "origin", "main")
+    assert pushed_commit(repo) == run(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    (repo / "params.yaml").write_text("a: 2\n")
+    with pytest.raises(L2labError, match="has uncommitted changes; team workers run the sweep's commit"):
+        pushed_commit(repo)

@@ -331,9 +331,12 @@ def run_team_sweep(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     points = grid(sweep_id, axes, fixed, versus_adamw)
     epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
+    from l2lab.team.worker import check_shared_tracking
+
+    check_shared_tracking(cwd)
     commit = pushed_commit(cwd)
-    storage = team_queue.open_storage(storage_url)
     store = connect(cwd)
+    storage = team_queue.open_storage(storage_url)
     end_stale_runs(store)
     with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
         runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name) for point in points}

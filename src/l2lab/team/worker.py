@@ -21,7 +21,7 @@ from mlflow.entities import RunStatus, RunTag
 from l2lab.errors import L2labError
 from l2lab.team import queue
 from l2lab.tracking.runs import PARENT_TAG, RESERVED, quote
-from l2lab.tracking.store import Store, connect, search_runs
+from l2lab.tracking.store import Store, connect, search_runs, tracking_uri
 from l2lab.tracking.sweeps import end_unstarted, reserve
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,15 @@ def check_clone(clone: Path, dirty: str = "a worker checks out each sweep's comm
     default = subprocess.run([dvc_command(), "remote", "default"], cwd=clone, capture_output=True, text=True)
     if default.returncode != 0 or not default.stdout.strip():
         raise L2labError("no default DVC remote: add the team's (dvc remote add -d team s3://…) and commit .dvc/config")
+
+
+def check_shared_tracking(clone: Path) -> None:
+    """Team mode logs to the team's tracking server (checked before any store is touched): a local
+    store would hide the runs from everyone else."""
+    uri = tracking_uri(clone)
+    if not uri.startswith(("http://", "https://")):
+        raise L2labError(f"team mode needs the team's MLflow tracking server, not {uri}: "
+                         "set MLFLOW_TRACKING_URI=http(s)://… (l2lab team up prints it for the local stack)")
 
 
 def checkout(clone: Path, commit: str) -> None:
@@ -171,6 +180,7 @@ def work(storage_url: str, sweep_id: str | None, clone: Path) -> int:
     """Take and run points until no sweep has one waiting and none runs elsewhere; return the failures."""
     clone = clone.resolve()
     check_clone(clone)
+    check_shared_tracking(clone)
     storage = queue.open_storage(storage_url)
     done = failed = 0
     waiting_logged = False
