@@ -259,11 +259,24 @@ def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:
         log.warning("killed (did not stop within %.0f s): %s", grace, ", ".join(running))
 
 
-def stop_workers(cwd: Path) -> None:
-    """`dvc queue stop`: the workers this sweep started would otherwise idle on (DVC keeps them)."""
-    proc = subprocess.run(["dvc", "queue", "stop"], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        log.warning("dvc queue stop failed: %s", (proc.stderr.strip() or proc.stdout.strip())[-200:])
+def clear_stale_controls(cwd: Path) -> int:
+    """Delete control messages (shutdown, inspect) waiting for queue workers that are gone; return how many.
+
+    DVC's local queue is Celery on a filesystem broker, and `dvc queue start` names its
+    workers the same every time (dvc-exp-<repo hash>-<n>@localhost). A `dvc queue stop`
+    sent after they left (they leave by themselves after 10 s idle) waits in the broker,
+    and the next workers of those names obey it after their first task: a sweep then
+    stalls with points still queued (the symptom of DVC issue #10562). Called only when
+    no worker is alive, so no live worker's message is lost; control messages never hold
+    tasks.
+    """
+    inbox = cwd / ".dvc" / "tmp" / "exps" / "celery" / "broker" / "in"
+    stale = sorted(inbox.glob("*.celery.pidbox.msg")) if inbox.is_dir() else []
+    for message in stale:
+        message.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d stale control message(s) left in DVC's queue broker", len(stale))
+    return len(stale)
 
 
 def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path,
@@ -282,6 +295,8 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
     with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
         runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name) for point in points}
         queue(points, cwd)
+        if queue_state(cwd)[1] == 0:
+            clear_stale_controls(cwd)
         start_workers(jobs, cwd)
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
@@ -294,13 +309,11 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
             done_epochs, val = point_progress(store, runs[name])
             return Progress(done_epochs, epochs[name], val)
 
-        try:
+        try:  # the workers leave by themselves once the queue is empty (DVC: after 10 s idle)
             results = wait(points, cwd, done, progress=progress)
         except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started
             stop_points([p.name for p in points], cwd)
             raise
-        finally:
-            stop_workers(cwd)
         parent.failed = any(status != "Success" for status in results.values())
     return sweep_id, results
 
