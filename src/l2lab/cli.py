@@ -71,8 +71,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     print_report(report)
     failed = sorted(name for name, status in results.items() if status != "Success")
     if failed:
-        log.error("error: %d of %d points failed: %s (see `dvc queue logs <name>`)",
-                  len(failed), len(results), ", ".join(failed))
+        where = "the output of the workers that ran them" if storage else "`dvc queue logs <name>`"
+        log.error("error: %d of %d points failed: %s (see %s)", len(failed), len(results), ", ".join(failed), where)
         return 1
     return 0
 

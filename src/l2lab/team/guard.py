@@ -39,15 +39,17 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m l2lab.team.guard CMD [ARG...]", file=sys.stderr)
         return 2
-    proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
     stopping = False
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    # Handlers first: exec resets them to the default in CMD, where an inherited "ignore" (a
+    # worker started in the background by a shell ignores SIGINT) would stay and make CMD deaf.
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
     while proc.poll() is None:
         if stopping:
             interrupt(proc)

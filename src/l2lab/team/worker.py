@@ -109,19 +109,24 @@ def finished_value(store: Store, parent_id: str, name: str) -> float | None:
     return None
 
 
-def run_guarded(argv: list[str], cwd: Path) -> int:
-    """Run argv under l2lab.team.guard: it dies with this worker. Ctrl-C/SIGTERM here stop it first."""
+def run_guarded(argv: list[str], cwd: Path) -> tuple[int, KeyboardInterrupt | None]:
+    """Run argv under l2lab.team.guard (it dies with this worker); return its status and the Ctrl-C or
+    SIGTERM that stopped it, if one did (the guard then interrupted argv and waited for it)."""
     guard = subprocess.Popen([sys.executable, "-m", "l2lab.team.guard", *argv], cwd=cwd, stdin=subprocess.PIPE)
     try:
-        return guard.wait()
-    finally:
-        if guard.poll() is None:  # interrupted: closing its stdin makes the guard stop the command
-            guard.stdin.close()
-            guard.wait()
+        return guard.wait(), None
+    except KeyboardInterrupt as stop:  # closing its stdin makes the guard stop argv (if Ctrl-C did not already)
+        guard.stdin.close()
+        return guard.wait(), stop
 
 
 def run_point(task: queue.Task, clone: Path) -> bool:
-    """Run one taken point end to end; tell the study how it went. True when it succeeded."""
+    """Run one taken point end to end; tell the study how it went. True when it succeeded.
+
+    Stopped (Ctrl-C, SIGTERM) while it trains, the point's run ends KILLED and the point
+    goes back to the queue for another worker; a point that finished all the same is
+    pushed and reported as done. Either way the stop is raised again.
+    """
     from optuna.trial import TrialState
 
     attrs = task.study.user_attrs
@@ -129,7 +134,7 @@ def run_point(task: queue.Task, clone: Path) -> bool:
     retry = f", retry of trial {task.retry_of}" if task.retry_of is not None else ""
     log.info("%s: taken (trial %d%s), on commit %s", task.point, task.number, retry, commit[:12])
     store = connect(clone)
-    value = None
+    value, stop, trained = None, None, False
     try:
         with queue.Heartbeat(task):
             run_id = prepare_run(store, parent_id, sweep_id, task.point)
@@ -137,29 +142,41 @@ def run_point(task: queue.Task, clone: Path) -> bool:
             pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=clone, capture_output=True, text=True)
             if pulled.returncode != 0:
                 log.warning("dvc pull: %s", (pulled.stderr.strip() or pulled.stdout.strip()).splitlines()[-1:])
+            # An earlier try of this point in this clone (stopped, never pushed) holds its name.
+            if subprocess.run([dvc_command(), "exp", "remove", task.point], cwd=clone, capture_output=True).returncode == 0:
+                log.info("%s: removed this clone's experiment of an earlier try", task.point)
             sets = [arg for key, v in task.sets.items() for arg in ("-S", f"{key}={v}")]
-            status = run_guarded([dvc_command(), "exp", "run", "--temp", "-n", task.point, *sets], clone)
-            if status == 0:
+            status, stop = run_guarded([dvc_command(), "exp", "run", "--temp", "-n", task.point, *sets], clone)
+            trained = status == 0
+            if trained:
                 push(clone, task.point)
                 value = finished_value(store, parent_id, task.point)
             else:
                 log.error("%s: dvc exp run exited %d", task.point, status)
                 end_unstarted(store, run_id)
-    except KeyboardInterrupt:
-        task.study.tell(task.number, state=TrialState.FAIL)
-        queue.requeue(task)
-        log.warning("%s: interrupted; its run ended KILLED and the point is queued again for another worker",
-                    task.point)
-        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside the training (checkout, pull, push)
+        stop = exc
     except BaseException:
         task.study.tell(task.number, state=TrialState.FAIL)
         raise
     if value is None:
         task.study.tell(task.number, state=TrialState.FAIL)
-        log.error("%s: failed", task.point)
-        return False
+        if stop is None:
+            log.error("%s: failed", task.point)
+            return False
+        if not trained:  # nothing finished: another worker runs the point
+            queue.requeue(task)
+            runs = point_runs(store, parent_id, task.point)
+            log.warning("%s: interrupted; its run is %s and the point is queued again for another worker",
+                        task.point, runs[0].info.status if runs else "gone")
+        else:  # trained, but stopped while pushing: a second run would be a second FINISHED one
+            log.error("%s: interrupted while pushing its experiment: the point ends FAILED (its run FINISHED); "
+                      "dvc exp push origin %s from %s shares it", task.point, task.point, clone)
+        raise stop
     task.study.tell(task.number, value)
     log.info("%s: done, val_accuracy %.4f", task.point, value)
+    if stop is not None:
+        raise stop  # it finished before the stop reached it
     return True
 
 
