@@ -3,7 +3,6 @@ a bare git repository as the team's remote, and two workers in two clones, one k
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
