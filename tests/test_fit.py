@@ -115,3 +115,23 @@ def test_weight_histograms_cover_every_kernel_weight_each_epoch() -> None:
             assert len(counts) == len(ABS_EDGES) - 1 and sum(counts) == size
     assert {"weight_abs.p10", "weight_abs.p50", "weight_abs.p90"} <= set(history)
     assert history["weight_abs.p10"][-1] <= history["weight_abs.p50"][-1] <= history["weight_abs.p90"][-1]
+
+
+def test_mixed_float16_trains_with_loss_scaling_and_float32_outputs() -> None:
+    from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
+
+    from l2lab.fit import prepare_device
+
+    assert prepare_device() == "CPU"  # no GPU here: the run's l2lab.device tag says so
+    train = TrainParams(**{**TRAIN, "epochs": 1, "precision": "mixed_float16"})
+    x, y = learnable(128, seed=1)
+    data, val = input_pipelines(train, (x, y), (x[:64], y[:64]))
+    try:
+        model, history = fit(train, data, val, lambda epoch, logs: None)
+        assert isinstance(model.optimizer, LossScaleOptimizer)  # float16 gradients are scaled, not lost
+        assert model.get_layer("conv1").compute_dtype == "float16"
+        assert model.get_layer("conv1").kernel.dtype == "float32"  # variables stay float32
+        assert model.output.dtype == "float32"  # the softmax too
+        assert np.isfinite(history["loss"][0]) and np.isfinite(history["val_loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

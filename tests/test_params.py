@@ -62,7 +62,7 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("data.train_size", 0, "data.train_size: Input should be greater than or equal to 1 (got 0)"),
         ("data.train_size", "5000", "data.train_size: Input should be a valid integer (got '5000')"),
         ("seed", 42, "seed: unknown key"),  # the old top-level seed is now data.split_seed and train.seed
-        ("train.precision", "float16", "train.precision: Input should be 'float32' or 'mixed_bfloat16'"),
+        ("train.precision", "float16", "train.precision: Input should be 'float32', 'mixed_bfloat16' or 'mixed_float16'"),
         ("train.momentum", 0.9, "train.momentum: unknown key"),
         ("extra", 1, "extra: unknown key"),
     ],

@@ -126,6 +126,7 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     assert len({r.data.tags["data.val.sha256"] for r in good.values()}) == 1
     assert len({r.data.tags["data.train.sha256"] for r in good.values()}) == 1
     assert len({r.data.metrics["weight_norm.total"] for r in good.values()}) == 2  # yet different models
+    assert {r.data.tags["l2lab.device"] for r in good.values()} == {"CPU"}  # where each trained
     # Best validation accuracy; on the few validation images here ties happen, and go to lower val_loss.
     best = max(good.values(), key=lambda r: (r.data.metrics["val_accuracy"], -r.data.metrics["val_loss"]))
     champion = c.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)

@@ -11,13 +11,14 @@ import pandas as pd
 
 from l2lab.data import load_split
 from l2lab.files import atomic_outputs, file_sha256
-from l2lab.fit import WeightHistograms, fit, input_pipelines
+from l2lab.fit import WeightHistograms, fit, input_pipelines, prepare_device
 from l2lab.params import Params
 from l2lab.plots import write_history
 from l2lab.tracking.runs import HISTOGRAMS, training_run
 from l2lab.tracking.store import EXPERIMENT, connect
 
 log = logging.getLogger(__name__)
+DEVICE_TAG = "l2lab.device"  # where the run trained: "CPU" or "GPU:0 (<name>)"
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,15 @@ class TrainPaths:
 def train(params: Params, paths: TrainPaths) -> str:
     """Train on train, validate on val each epoch, save the model; return the MLflow run id."""
     store = connect()  # a broken or locked store fails here, before any work
+    device = prepare_device()
+    log.info("training on %s, precision %s", device, params.train.precision)
     summary = json.loads(paths.data_summary.read_text())
     files = {split: paths.data_dir / f"{split}.npz" for split in ("train", "val")}
     val_xy = load_split(files["val"])
     data, val = input_pipelines(params.train, load_split(files["train"]), val_xy)
     split_sha256 = {split: file_sha256(path) for split, path in files.items()}
     with training_run(store, params.flat(), summary, split_sha256) as run:
+        run.set_tags({DEVICE_TAG: device})
         histograms = WeightHistograms()
         model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), [histograms])
         run.log_table(pd.DataFrame(histograms.rows), HISTOGRAMS)
