@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
+# TensorFlow's build: gpu (tensorflow[and-cuda]) where nvidia-smi lists a GPU, else cpu;
+# `make install TF=cpu` to choose.
+TF     ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 RUN    := PATH="$(BIN):$$PATH"
 
 .PHONY: repro test test-all test-team team-up team-down install-team demo ui exps bench install clean-venv
@@ -13,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,$(TF)]'
 	touch $@
 
 # Team mode's extras (README, "Team mode"): optuna, psycopg2, dvc-s3, SeaweedFS, then the
@@ -22,7 +25,7 @@ TEAM_STAMP := $(VENV)/.installed-team
 install-team: $(TEAM_STAMP)
 
 $(TEAM_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,team]'
+	$(BIN)/python -m pip install --quiet -e '.[test,team,$(TF)]'
 	$(BIN)/python -m pip install --quiet "boto3==$$($(BIN)/python -c 'import botocore; print(botocore.__version__)')"
 	touch $@
 

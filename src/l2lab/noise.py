@@ -40,7 +40,18 @@ def quiet_native_stderr(harmless: tuple[str, ...] = HARMLESS) -> Iterator[None]:
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter kept out of the one-line-per-epoch log."""
+    """Import TensorFlow with its C++ start-up chatter kept out of the one-line-per-epoch log.
+
+    Without TensorFlow (installed as an extra), one line says which extra to install.
+    """
+    from l2lab.errors import L2labError
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines once logging is set up
-    with quiet_native_stderr():
-        import tensorflow  # noqa: F401  (imported here, under the filter, before anything else does)
+    try:
+        with quiet_native_stderr():
+            import tensorflow  # noqa: F401  (imported here, under the filter, before anything else does)
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "tensorflow":
+            raise
+        raise L2labError("TensorFlow is not installed: pip install -e '.[cpu]' (or '.[gpu]' on Linux with an "
+                         "NVIDIA GPU), or run `make install`, which picks one") from None
