@@ -135,3 +135,22 @@ def test_mixed_float16_trains_with_loss_scaling_and_float32_outputs() -> None:
         assert np.isfinite(history["loss"][0]) and np.isfinite(history["val_loss"][0])
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_the_device_resident_pipeline_trains_the_same_model_as_the_host_one() -> None:
+    """On a GPU the splits stay on the device and batches are gathered there; forced onto the CPU
+    device here, it must train the very same model as the host-side gather: same images, same order."""
+    train = TrainParams(**{**TRAIN, "epochs": 2, "batch_size": 32})
+    train_xy, val_xy = learnable(200, seed=0), learnable(48, seed=1)
+    results = []
+    for device in (None, "/CPU:0"):
+        keras.utils.set_random_seed(0)  # the same global seed state for both shuffles, as in a fresh stage process
+        data, val = input_pipelines(train, train_xy, val_xy, device=device)
+        assert (data.table is None) == (device is None)
+        model, history = fit(train, data, val, lambda epoch, logs: None)
+        assert model.name == "seed_cnn"  # the network itself, as the train stage saves it
+        results.append((history, [w.numpy() for w in model.weights]))
+    (host, host_weights), (on_device, device_weights) = results
+    host.pop("epoch_seconds"), on_device.pop("epoch_seconds")
+    assert host == on_device  # loss, accuracy, val_loss, val_accuracy, penalty, norms: every epoch, exactly
+    assert all(np.array_equal(a, b) for a, b in zip(host_weights, device_weights))

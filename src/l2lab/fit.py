@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2lab.errors import L2labError
-from l2lab.model import compile_model
+from l2lab.model import build_model, compile_model
 from l2lab.norms import ABS_EDGES, abs_histogram, abs_quantiles, kernels, weight_norms
 from l2lab.params import TrainParams
 
@@ -57,10 +57,15 @@ def make_deterministic(seed: int) -> None:
 
 @dataclass(frozen=True)
 class Batches:
-    """A dataset of (uint8 images, int64 labels) batches and how many make one pass over the split."""
+    """A dataset of (uint8 images, int64 labels) batches and how many make one pass over the split.
+
+    With a table (images, labels) resident on the training device, the dataset holds only
+    index batches into it, and the gather happens on the device, inside the training step.
+    """
 
     dataset: tf.data.Dataset
     steps: int
+    table: tuple[tf.Tensor, tf.Tensor] | None = None
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None, passes: int = 1) -> Batches:
@@ -95,6 +100,48 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = No
     options = tf.data.Options()
     options.autotune.enabled = False
     return Batches(order.map(load).prefetch(PREFETCH).with_options(options), steps)
+
+
+def device_batches(train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.ndarray, np.ndarray], batch_size: int,
+                   seed: int, passes: int, device: str) -> tuple[Batches, Batches]:
+    """(train, val) as index batches into one table of both splits, copied once to device.
+
+    The indices come from the same seeded shuffle as batches() makes, so a run sees the
+    same images in the same order either way; val indices follow the train ones (offset
+    by the train split's size) so that one table serves both.
+    """
+    (xt, yt), (xv, yv) = train_xy, val_xy
+    with tf.device(device):
+        images = tf.identity(tf.concat([tf.constant(xt), tf.constant(xv)], axis=0))
+        labels = tf.identity(tf.constant(np.concatenate([yt, yv]).astype(np.int64)))
+    options = tf.data.Options()
+    options.autotune.enabled = False  # as in batches(): no autotuning thread
+    order = tf.data.Dataset.range(len(xt)).shuffle(len(xt), seed=seed, reshuffle_each_iteration=True)
+    train = order.batch(batch_size).repeat(passes).prefetch(PREFETCH).with_options(options)
+    val = tf.data.Dataset.range(len(xt), len(xt) + len(xv)).batch(VAL_BATCH).prefetch(PREFETCH).with_options(options)
+    return (Batches(train, math.ceil(len(xt) / batch_size), (images, labels)),
+            Batches(val, math.ceil(len(xv) / VAL_BATCH), (images, labels)))
+
+
+class DeviceResident(keras.Model):
+    """Trains network on index batches, gathering images and labels from a table on the device."""
+
+    def __init__(self, network: keras.Model, table: tuple[tf.Tensor, tf.Tensor]) -> None:
+        super().__init__(name=f"{network.name}_on_device")
+        self.network, self.table = network, table
+
+    def call(self, inputs, training=False):  # noqa: ANN001
+        return self.network(inputs, training=training)
+
+    def _gather(self, index):  # noqa: ANN001
+        images, labels = self.table
+        return tf.gather(images, index), tf.gather(labels, index)
+
+    def train_step(self, index):  # noqa: ANN001
+        return super().train_step(self._gather(index))
+
+    def test_step(self, index):  # noqa: ANN001
+        return super().test_step(self._gather(index))
 
 
 def steps_per_execution(steps: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int:
@@ -175,8 +222,14 @@ class WeightHistograms(keras.callbacks.Callback):
 
 
 def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],
-                    val_xy: tuple[np.ndarray, np.ndarray]) -> tuple[Batches, Batches]:
-    """(train, val) batches reading from the arrays given (no copies)."""
+                    val_xy: tuple[np.ndarray, np.ndarray], device: str | None = None) -> tuple[Batches, Batches]:
+    """(train, val) batches: on a GPU (device "/GPU:0", the default when TensorFlow sees one) both splits
+    stay resident on it and batches are gathered there; on the CPU they are read from the arrays
+    given (no copies)."""
+    if device is None and tf.config.list_physical_devices("GPU"):
+        device = "/GPU:0"
+    if device is not None:
+        return device_batches(train_xy, val_xy, train.batch_size, train.seed, train.epochs, device)
     return batches(*train_xy, train.batch_size, seed=train.seed, passes=train.epochs), batches(*val_xy, VAL_BATCH)
 
 
@@ -189,7 +242,9 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
     make_deterministic(train.seed)
     # mixed_float16: compile wraps the optimizer in Keras's LossScaleOptimizer (dynamic loss scaling).
     keras.mixed_precision.set_global_policy(train.precision)
-    model = compile_model(train, steps_per_execution(data.steps))
+    network = build_model(train.l1, train.l2, train.seed)
+    model = network if data.table is None else DeviceResident(network, data.table)
+    model = compile_model(train, steps_per_execution(data.steps), model)
     history = model.fit(
         data.dataset,
         steps_per_epoch=data.steps,
@@ -200,4 +255,4 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
         verbose=0,
     )
     rows = {"epoch": [e + 1 for e in history.epoch]}
-    return model, rows | {k: [float(v) for v in values] for k, values in history.history.items()}
+    return network, rows | {k: [float(v) for v in values] for k, values in history.history.items()}

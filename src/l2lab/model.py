@@ -48,9 +48,9 @@ def build_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def compile_model(train: TrainParams, steps_per_execution: int = 1) -> keras.Model:
-    """A freshly initialised (train.seed), compiled model for these training params."""
-    model = build_model(train.l1, train.l2, train.seed)
+def compile_model(train: TrainParams, steps_per_execution: int = 1, model: keras.Model | None = None) -> keras.Model:
+    """model (default: a freshly initialised network, train.seed), compiled for these training params."""
+    model = model if model is not None else build_model(train.l1, train.l2, train.seed)
     model.compile(
         optimizer=build_optimizer(train),
         loss="sparse_categorical_crossentropy",

@@ -14,8 +14,9 @@ QUANTILES = (0.1, 0.5, 0.9)  # of |w| over all kernels, logged every epoch
 
 def kernels(model: object) -> dict[str, np.ndarray]:
     """Each conv/dense kernel by layer name, as float64 numpy arrays (biases excluded)."""
+    network = getattr(model, "network", model)  # fit's device-resident wrapper trains a network inside
     return {layer.name: np.asarray(layer.kernel, dtype=np.float64)
-            for layer in model.layers if hasattr(layer, "kernel")}
+            for layer in network.layers if hasattr(layer, "kernel")}
 
 
 def weight_norms(ks: dict[str, np.ndarray]) -> dict[str, float]:
