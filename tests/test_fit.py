@@ -120,7 +120,7 @@ def test_weight_histograms_cover_every_kernel_weight_each_epoch() -> None:
 def test_mixed_float16_trains_with_loss_scaling_and_float32_outputs() -> None:
     from keras.src.optimizers.loss_scale_optimizer import LossScaleOptimizer
 
-    from l2lab.fit import prepare_device
+    from l2lab.devices import prepare_device
 
     assert prepare_device() == "CPU"  # no GPU here: the run's l2lab.device tag says so
     train = TrainParams(**{**TRAIN, "epochs": 1, "precision": "mixed_float16"})

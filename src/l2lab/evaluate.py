@@ -11,6 +11,7 @@ import keras
 import pandas as pd
 
 from l2lab.data import load_split
+from l2lab.devices import prepare_device
 from l2lab.files import write_json
 from l2lab.params import flatten
 from l2lab.plots import confusion_figure, write_confusion_pairs, write_rows
@@ -38,6 +39,7 @@ class EvalPaths:
 def evaluate(paths: EvalPaths) -> dict:
     """Score the saved model on all three splits, write metrics and plots, log to the training run."""
     store = connect()  # a broken or locked store fails here, before any work
+    prepare_device()  # on a GPU: take memory as needed, leave the rest to the sweep's other points
     run_id = json.loads(paths.run_info.read_text())["run_id"]
     classes = json.loads(paths.data_summary.read_text())["classes"]
     splits = {name: load_split(paths.data_dir / f"{name}.npz") for name in ("train", "val", "test")}

@@ -11,7 +11,8 @@ import pandas as pd
 
 from l2lab.data import load_split
 from l2lab.files import atomic_outputs, file_sha256
-from l2lab.fit import WeightHistograms, fit, input_pipelines, prepare_device
+from l2lab.devices import prepare_device
+from l2lab.fit import WeightHistograms, fit, input_pipelines
 from l2lab.params import Params
 from l2lab.plots import write_history
 from l2lab.tracking.runs import HISTOGRAMS, training_run
