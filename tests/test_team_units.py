@@ -156,3 +156,19 @@ def test_team_mode_refuses_a_local_store_a_dirty_clone_and_an_unpushed_commit(tm
     (repo / "params.yaml").write_text("a: 2\n")
     with pytest.raises(L2labError, match="has uncommitted changes; team workers run the sweep's commit"):
         pushed_commit(repo)
+
+
+def test_a_points_latest_try_is_the_run_its_progress_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from l2lab.team.worker import point_runs, prepare_run
+    from l2lab.tracking.store import connect
+    from l2lab.tracking.sweeps import reserve
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = connect(tmp_path)
+    parent = store.client.create_run(store.experiment_id, run_name="sw").info.run_id
+    first = reserve(store, parent, "sw", "l2=0_sw")
+    store.client.update_run(first, status="RUNNING")  # taken by a worker that then died
+    second = prepare_run(store, parent, "sw", "l2=0_sw")  # the retry: the dead try ends KILLED
+    assert second != first and store.client.get_run(first).info.status == "KILLED"
+    assert [r.info.run_id for r in point_runs(store, parent, "l2=0_sw")][0] == second
+    assert prepare_run(store, parent, "sw", "l2=0_sw") == second  # a waiting reservation is reused

@@ -344,7 +344,7 @@ def run_team_sweep(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
     sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     points = grid(sweep_id, axes, fixed, versus_adamw)
     epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
-    from l2lab.team.worker import check_shared_tracking
+    from l2lab.team.worker import check_shared_tracking, point_runs
 
     check_shared_tracking(cwd)
     commit = pushed_commit(cwd)
@@ -362,8 +362,9 @@ def run_team_sweep(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
             end_unstarted(store, runs[name])
             log.info("%s: %s", name, status)
 
-        def progress(name: str) -> Progress:
-            done_epochs, val = point_progress(store, runs[name])
+        def progress(name: str) -> Progress:  # of the point's latest try (a retry has a run of its own)
+            tries = point_runs(store, parent.run_id, name)
+            done_epochs, val = point_progress(store, tries[0].info.run_id if tries else runs[name])
             return Progress(done_epochs, epochs[name], val)
 
         try:  # workers come and go: a team sweep never counts as stalled
