@@ -77,11 +77,15 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = No
         order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     order = order.batch(batch_size).repeat(passes)  # the last batch of each pass may be smaller
     steps = math.ceil(len(x) / batch_size)
-    # No autotuning: its background thread made every training run wait 15-20 s here when
-    # the iterator was freed (after the last epoch), and a fixed 2-batch prefetch keeps up.
+    return Batches(order.map(load).prefetch(PREFETCH).with_options(pipeline_options()), steps)
+
+
+def pipeline_options() -> tf.data.Options:
+    """No autotuning: its background thread made every training run wait 15-20 s here when the
+    iterator was freed (after the last epoch), and a fixed 2-batch prefetch keeps up."""
     options = tf.data.Options()
     options.autotune.enabled = False
-    return Batches(order.map(load).prefetch(PREFETCH).with_options(options), steps)
+    return options
 
 
 def device_batches(train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.ndarray, np.ndarray], batch_size: int,
@@ -96,8 +100,7 @@ def device_batches(train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.nda
     with tf.device(device):
         images = tf.identity(tf.concat([tf.constant(xt), tf.constant(xv)], axis=0))
         labels = tf.identity(tf.constant(np.concatenate([yt, yv]).astype(np.int64)))
-    options = tf.data.Options()
-    options.autotune.enabled = False  # as in batches(): no autotuning thread
+    options = pipeline_options()
     order = tf.data.Dataset.range(len(xt)).shuffle(len(xt), seed=seed, reshuffle_each_iteration=True)
     train = order.batch(batch_size).repeat(passes).prefetch(PREFETCH).with_options(options)
     val = tf.data.Dataset.range(len(xt), len(xt) + len(xv)).batch(VAL_BATCH).prefetch(PREFETCH).with_options(options)

@@ -81,7 +81,7 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
         ("weight_norm_vs_lambda.png", "total kernel L2 norm", ["weight_norm_total"]),
     ]
     several = bool((summary["n"] > 1).any())
-    lines = _series_lines(summary, axis, series)
+    lines = series_groups(summary, series, axis)
     for name, ylabel, columns in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for column in columns:
@@ -110,16 +110,16 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
     return figures
 
 
-def _series_lines(summary, axis: str, series: str | None) -> dict[str, object]:
-    """label -> the summary rows of one line, by axis: one unlabelled line, or one per series value
-    with the "none" baseline rows in each."""
+def series_groups(frame, series: str | None, axis: str) -> dict[str, object]:
+    """label -> rows, sorted by axis: one unlabelled group, or one per value of series with its
+    "none" rows (the unpenalized baseline of a --versus-adamw sweep) in each."""
     import pandas as pd
 
     if series is None:
-        return {"": summary}
-    base = summary[summary[series] == "none"]
+        return {"": frame.sort_values(axis)}
+    base = frame[frame[series] == "none"]
     return {name: pd.concat([base, group]).sort_values(axis)
-            for name, group in summary[summary[series] != "none"].groupby(series, observed=True)}
+            for name, group in frame[frame[series] != "none"].groupby(series, observed=True)}
 
 
 def weight_distribution_figure(histograms: dict[str, dict[float, object]], axis: str):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
-from l2lab.plots import save_figure, sweep_figures, weight_distribution_figure
+from l2lab.plots import save_figure, series_groups, sweep_figures, weight_distribution_figure
 from l2lab.sweep import MATCHED_DECAY
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
@@ -203,11 +203,8 @@ def distributions(table: pd.DataFrame, keys: list[str], histograms: dict[str, pd
     axis, series = keys[-1], (keys[0] if len(keys) > 1 else None)
     first = table[table["mlflow_run_id"].isin(histograms)].sort_values([axis, *([SEED] if SEED in table else [])])
     first = first.drop_duplicates([*keys])
-    if series is None:
-        return {"": {row[axis]: histograms[row["mlflow_run_id"]] for _, row in first.iterrows()}}
-    base = first[first[series] == "none"]
-    return {name: {row[axis]: histograms[row["mlflow_run_id"]] for _, row in pd.concat([base, group]).iterrows()}
-            for name, group in first[first[series] != "none"].groupby(series, observed=True)}
+    return {name: {row[axis]: histograms[row["mlflow_run_id"]] for _, row in rows.iterrows()}
+            for name, rows in series_groups(first, series, axis).items()}
 
 
 def final_histograms(store: Any, table: pd.DataFrame) -> dict[str, pd.DataFrame]:

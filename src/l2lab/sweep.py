@@ -130,13 +130,18 @@ def _override(base: dict, sets: dict[str, str]) -> dict:
     return raw
 
 
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a dvc command; raise with its own message when it fails."""
-    proc = subprocess.run(["dvc", *args], cwd=cwd, capture_output=True, text=True)
+def checked(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command; when it fails, raise with what it was and the last line it printed."""
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise L2labError(f"dvc {' '.join(args)} failed: {last[0]}")
+        raise L2labError(f"{what} failed: {last[0]}")
     return proc
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a dvc command; raise with its own message when it fails."""
+    return checked(["dvc", *args], f"dvc {' '.join(args)}", cwd)
 
 
 def queue(points: list[Point], cwd: Path) -> None:
@@ -279,6 +284,15 @@ def clear_stale_controls(cwd: Path) -> int:
     return len(stale)
 
 
+def plan(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
+         versus_adamw: bool) -> tuple[str, list[Point], dict[str, int]]:
+    """A new sweep's id, its points, and each point's epochs, every point's params validated first."""
+    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
+    points = grid(sweep_id, axes, fixed, versus_adamw)
+    epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
+    return sweep_id, points, epochs
+
+
 def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path,
               versus_adamw: bool = False) -> tuple[str, dict[str, str]]:
     """Queue and run the grid; return (sweep id, experiment name -> Success/Failed).
@@ -286,9 +300,7 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
     Each point's MLflow run is created before it is queued, nested under the sweep's
     parent; the train stage takes it up by the experiment's name.
     """
-    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
-    points = grid(sweep_id, axes, fixed, versus_adamw)
-    epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
+    sweep_id, points, epochs = plan(axes, fixed, cwd, versus_adamw)
     jobs = worker_count(jobs, len(points))
     store = connect(cwd)
     end_stale_runs(store)
@@ -340,12 +352,9 @@ def run_team_sweep(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
     (their runs end KILLED); points already running finish on their workers.
     """
     from l2lab.team import queue as team_queue
-
-    sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
-    points = grid(sweep_id, axes, fixed, versus_adamw)
-    epochs = {point.name: params.train.epochs for point, params in zip(points, validate(cwd / "params.yaml", points))}
     from l2lab.team.worker import check_shared_tracking, point_runs
 
+    sweep_id, points, epochs = plan(axes, fixed, cwd, versus_adamw)
     check_shared_tracking(cwd)
     commit = pushed_commit(cwd)
     store = connect(cwd)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from l2lab.errors import L2labError
+from l2lab.sweep import checked
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,14 @@ def start_postgres(stack: Stack, folder: Path) -> None:
     try:
         if os.geteuid() == 0:
             shutil.chown(pwfile, "postgres", "postgres")
-        _check(_as_postgres([_pg_bin("initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth-local=trust",
+        checked(_as_postgres([_pg_bin("initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth-local=trust",
                              "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]), "initdb")
     finally:
         pwfile.unlink(missing_ok=True)
     log_file = data / "postgres.log"  # beside its data: the postgres user may not reach folder/logs
     options = f"-h 127.0.0.1 -p {stack.pg_port} -k {data}"
     try:
-        _check(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(log_file), "-o", options, "-w",
+        checked(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(log_file), "-o", options, "-w",
                              "-t", "60", "start"]), "pg_ctl start")
     except L2labError as exc:
         last = log_file.read_text().strip().splitlines()[-1:] if log_file.exists() else []
@@ -162,13 +163,6 @@ def start_postgres(stack: Stack, folder: Path) -> None:
                 cur.execute(f"CREATE DATABASE {name} OWNER {ROLE}")
     finally:
         con.close()
-
-
-def _check(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise L2labError(f"{what} failed: {last[0]}")
 
 
 def _spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from mlflow.entities import RunStatus, RunTag
 
 from l2lab.errors import L2labError
+from l2lab.sweep import checked
 from l2lab.team import queue
 from l2lab.tracking.runs import PARENT_TAG, RESERVED, quote
 from l2lab.tracking.store import Store, connect, search_runs, tracking_uri
@@ -31,11 +32,8 @@ PUSH_TRIES = 3
 
 
 def git(*args: str, cwd: Path) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise L2labError(f"git {' '.join(args)} failed: {last[0]}")
-    return proc.stdout.strip()
+    """A git command's output; raise with its own message when it fails."""
+    return checked(["git", *args], f"git {' '.join(args)}", cwd).stdout.strip()
 
 
 def dvc_command() -> str:
@@ -45,11 +43,8 @@ def dvc_command() -> str:
 
 
 def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([dvc_command(), *args], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise L2labError(f"dvc {' '.join(args)} failed: {last[0]}")
-    return proc
+    """The venv's dvc command; raise with its own message when it fails."""
+    return checked([dvc_command(), *args], f"dvc {' '.join(args)}", cwd)
 
 
 def check_clone(clone: Path, dirty: str = "a worker checks out each sweep's commit: run it in a clone of its own"
