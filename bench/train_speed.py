@@ -8,7 +8,13 @@ achieved GFLOP/s (also as a share of a float32 matmul peak measured in the same 
 Writes reports/bench.json, with the CPU's vector ISA flags. A benchmark, not a test:
 nothing here asserts a timing.
 
-    python bench/train_speed.py [--pairs 3] [--epochs 4] [--images N]
+    python bench/train_speed.py [--pairs 3] [--epochs 4] [--images N] [--max-isa avx2]
+
+`--max-isa avx2` runs every leg (and the matmul peak) with the kernels an AVX2-only CPU
+gets, on a CPU that has AVX-512: it caps the runtime kernel dispatch of oneDNN (which
+TensorFlow's and PyTorch's convolutions and matmuls go through), of PyTorch's own ATen
+kernels and of MKL. Code compiled for a fixed ISA (TensorFlow's Eigen kernels) is the same
+on both kinds of machine anyway.
 """
 
 from __future__ import annotations
@@ -101,7 +107,10 @@ def seed_side(epochs: int, images: int | None) -> dict:
 def ours_side(epochs: int, images: int | None, precision: str = "float32") -> dict:
     """l2lab's training loop (fit.fit) on uint8 splits."""
     sys.path.insert(0, str(REPO / "src"))
+    from l2lab.noise import quiet_tensorflow
     from l2lab.params import load_params, parse_params
+
+    quiet_tensorflow()  # as the train stage imports it (l2lab.imports)
     from l2lab.fit import fit, input_pipelines
 
     raw = load_params(REPO / "params.yaml").model_dump()
@@ -164,6 +173,12 @@ def torch_side(epochs: int, images: int | None) -> dict:
     return {"epoch_seconds": seconds, "images": len(xt), "source": source,
             "params": sum(p.numel() for p in model.parameters()), "val_accuracy": correct / len(x_val),
             "torch": torch.__version__}
+
+
+# What each library reads to cap its runtime kernel dispatch at an ISA.
+ISA_CAPS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
 
 
 def isa_flags() -> list[str]:
@@ -265,6 +280,8 @@ def main() -> None:
                         help="folder with train.npz and val.npz (default: the pipeline's)")
     parser.add_argument("--bf16", action="store_true", help="also run ours with train.precision=mixed_bfloat16")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer even if torch is installed")
+    parser.add_argument("--max-isa", choices=sorted(ISA_CAPS),
+                        help="run with the kernels a CPU without AVX-512 gets (see the module's docstring)")
     parser.add_argument("--worker", choices=["seed", "ours", "ours_bf16", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -273,6 +290,8 @@ def main() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["BENCH_DATA_DIR"] = str(args.data_dir)  # the worker processes read it
+    if args.max_isa:
+        os.environ.update(ISA_CAPS[args.max_isa])  # before TensorFlow loads here; the workers inherit it
     peak = matmul_peak_gflops()
     flops = train_flops_per_image()
     import importlib.util
@@ -292,7 +311,8 @@ def main() -> None:
     sides = {side: summarize(results, flops, peak) for side, results in runs.items()}
     report = {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "isa": isa_flags()},
+                    "python": platform.python_version(), "isa": isa_flags(),
+                    "kernel_isa_cap": args.max_isa},
         "data": runs["ours"][0]["source"],
         "precision": "float32",
         "images_per_epoch": runs["ours"][0]["images"],
@@ -333,7 +353,9 @@ def print_table(r: dict) -> None:
     print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"
           + (f", bf16_speedup_vs_fp32 {r['bf16_speedup_vs_fp32']:.2f}x" if "bf16_speedup_vs_fp32" in r else "")
           + (f", train_speedup_vs_torch {r['train_speedup_vs_torch']:.2f}x" if "train_speedup_vs_torch" in r else ""))
-    print(f"CPU: {r['machine']['cpus']} cores, ISA {' '.join(r['machine']['isa']) or 'unknown'}")
+    cap = r["machine"].get("kernel_isa_cap")
+    print(f"CPU: {r['machine']['cpus']} cores, ISA {' '.join(r['machine']['isa']) or 'unknown'}"
+          + (f"; kernels capped at {cap}" if cap else ""))
 
 
 if __name__ == "__main__":

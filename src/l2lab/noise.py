@@ -40,15 +40,17 @@ def quiet_native_stderr(harmless: tuple[str, ...] = HARMLESS) -> Iterator[None]:
 
 
 def quiet_tensorflow() -> None:
-    """Import TensorFlow with its C++ start-up chatter kept out of the one-line-per-epoch log.
+    """Import TensorFlow with its C++ start-up chatter kept out of the one-line-per-epoch log, and without
+    the libraries its import (and Keras's) would load only because they are installed (l2lab.imports).
 
     Without TensorFlow (installed as an extra), one line says which extra to install.
     """
     from l2lab.errors import L2labError
+    from l2lab.imports import left_out
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines once logging is set up
     try:
-        with quiet_native_stderr():
+        with quiet_native_stderr(), left_out():
             import tensorflow  # noqa: F401  (imported here, under the filter, before anything else does)
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "tensorflow":

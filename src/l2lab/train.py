@@ -7,8 +7,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from l2lab.data import load_split
 from l2lab.files import atomic_outputs, file_sha256
 from l2lab.devices import prepare_device
@@ -45,6 +43,8 @@ def train(params: Params, paths: TrainPaths) -> str:
         run.set_tags({DEVICE_TAG: device})
         histograms = WeightHistograms()
         model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), [histograms])
+        import pandas as pd  # after training: the loop itself never needs it (l2lab.imports)
+
         run.log_table(pd.DataFrame(histograms.rows), HISTOGRAMS)
         with atomic_outputs(paths.model, paths.run_info) as (model_tmp, info_tmp):
             model.save(model_tmp)
