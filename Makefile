@@ -49,9 +49,11 @@ team-up: $(TEAM_STAMP)
 team-down: $(TEAM_STAMP)
 	$(RUN) l2lab team down
 
-# Side-by-side training benchmark against the seed article's loop; writes reports/bench.json.
+# Side-by-side training benchmark against the seed article's loop (and PyTorch, where installed);
+# writes reports/bench.json. BENCH_ARGS passes options, e.g. BENCH_ARGS="--max-isa avx2".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(RUN) python bench/train_speed.py
+	$(RUN) python bench/train_speed.py $(BENCH_ARGS)
 
 # The experiments table a lambda study reads: accuracies, gap, total norm, run id, then the
 # params that differ between experiments (source hashes, data paths, per-layer columns dropped).

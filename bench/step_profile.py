@@ -8,7 +8,12 @@ tensor), the accuracy metric, the L2 terms, op determinism, Adam (against plain 
 and, where PyTorch is installed, the same network in a plain PyTorch loop. A
 benchmark, not a test: nothing asserts a timing.
 
-    python bench/step_profile.py [--images N] [--epochs E] [--repeats R]
+With --ops, a per-op profile instead: where one epoch of l2lab's training step spends its
+time in TensorFlow (TensorFlow's profiler, self time by op type), next to the same network's
+step in the PyTorch loop (torch.profiler, self time by op). Run it again under
+`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` for the kernels of a CPU without AVX-512.
+
+    python bench/step_profile.py [--images N] [--epochs E] [--repeats R] [--ops]
 """
 
 from __future__ import annotations
@@ -92,13 +97,153 @@ def torch_variant(images: int, epochs: int) -> list[float]:
     return [images / s for s in result["epoch_seconds"][1:]]
 
 
+def tf_op_profile(images: int) -> list[tuple[str, float]]:
+    """(op type, self milliseconds per training step) over l2lab's second epoch (the first traces the
+    graph); validation on one batch, so that it does not count."""
+    import glob
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "src"))
+    import numpy as np
+
+    from l2lab.noise import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+    from l2lab import fit as fitmod
+    from l2lab.params import load_params, parse_params
+
+    raw = load_params(REPO / "params.yaml").model_dump()
+    raw["train"].update(batch_size=BATCH, epochs=2, l2=0.001)
+    train = parse_params(raw).train
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=images)
+    data, val = fitmod.input_pipelines(train, (x, y), (x[:BATCH], y[:BATCH]))
+    logdir = tempfile.mkdtemp()
+
+    class Profile(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                tf.profiler.experimental.start(logdir)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                tf.profiler.experimental.stop()
+
+    fitmod.fit(train, data, val, lambda epoch, logs: None, [Profile()])
+    xplane = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+    table, ok = _pywrap_profiler_plugin.xspace_to_tools_data(xplane, "framework_op_stats", {})
+    if not ok:
+        raise SystemExit("TensorFlow's profiler gave no op statistics")
+    table = json.loads(table)
+    table = table[0] if isinstance(table, list) else table
+    columns = [c["id"] for c in table["cols"]]
+    kind, self_time = columns.index("type"), columns.index("total_self_time")
+    device = columns.index("host_or_device")
+    totals: dict[str, float] = {}
+    for row in table["rows"]:
+        cells = [c.get("v") if isinstance(c, dict) else c for c in row["c"]]
+        if cells[device] != "Host" or cells[kind] == "IDLE":  # IDLE: threads waiting, not an op
+            continue
+        totals[cells[kind]] = totals.get(cells[kind], 0.0) + float(cells[self_time])  # microseconds
+    return sorted(((name, t / 1e3 / data.steps) for name, t in totals.items()), key=lambda item: -item[1])
+
+
+def torch_op_profile(steps: int = 200) -> list[tuple[str, float]]:
+    """(op, self CPU milliseconds per training step) over `steps` steps of the PyTorch peer's loop."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 6 * 6, 128), nn.ReLU(), nn.Linear(128, 10),
+    ).to(memory_format=torch.channels_last)
+    kernels = [m.weight for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, size=(BATCH * 20, 32, 32, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    y = torch.from_numpy(rng.integers(0, 10, size=BATCH * 20))
+
+    def step(i: int) -> None:
+        idx = torch.arange(i % 20 * BATCH, (i % 20 + 1) * BATCH)
+        images = x[idx].float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        loss = nn.functional.cross_entropy(model(images), y[idx]) + 0.001 * sum((w * w).sum() for w in kernels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(20):
+        step(i)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(i)
+    totals = {e.key: e.self_cpu_time_total for e in prof.key_averages()}  # microseconds
+    return sorted(((name, t / 1e3 / steps) for name, t in totals.items()), key=lambda item: -item[1])
+
+
+def print_ops(title: str, ms: list[tuple[str, float]], top: int = 14) -> None:
+    total = sum(t for _, t in ms)
+    print(f"\n{title}: {total:.2f} ms of op time per step")
+    for name, t in ms[:top]:
+        print(f"  {t:6.3f} ms {t / total:6.1%}  {name}")
+    rest = sum(t for _, t in ms[top:])
+    print(f"  {rest:6.3f} ms {rest / total:6.1%}  the other {max(len(ms) - top, 0)} ops")
+
+
+def print_primitives(verbose_log: str, steps: int, top: int = 8) -> None:
+    """oneDNN's verbose lines summed by (primitive, implementation, direction, shape), per step. Under
+    TensorFlow, independent ops run side by side on the cores, so these times overlap."""
+    totals: dict[tuple[str, ...], float] = {}
+    for line in verbose_log.splitlines():
+        fields = line.split(",")
+        if not line.startswith("onednn_verbose") or len(fields) < 12 or fields[3] != "exec":
+            continue
+        # onednn_verbose,v1,primitive,exec,cpu,<kind>,<implementation>,<direction>,...,<shape>,<ms>
+        key = (fields[5], fields[6], fields[7], fields[-2])
+        totals[key] = totals.get(key, 0.0) + float(fields[-1])
+    print(f"  oneDNN primitives, ms per step (every epoch's steps, warm-up included):")
+    for (kind, impl, direction, shape), ms in sorted(totals.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {ms / steps:6.3f} ms  {kind} {direction} {impl or '-'}  {shape}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=12_800)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds over all variants")
+    parser.add_argument("--ops", action="store_true", help="per-op profile of a step, TensorFlow and PyTorch")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ops and args.variant:
+        shares = torch_op_profile() if args.variant == "torch" else tf_op_profile(args.images)
+        print(json.dumps(shares))
+        return
+    if args.ops:
+        import importlib.util
+
+        isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or "none"
+        for name in ["tensorflow"] + (["torch"] if importlib.util.find_spec("torch") else []):
+            out = subprocess.run([sys.executable, __file__, "--ops", "--variant", name, "--images", str(args.images)],
+                                 capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            if out.returncode != 0:
+                raise SystemExit(f"{name} profile failed:\n{out.stderr[-2000:]}")
+            ms = json.loads(out.stdout.strip().splitlines()[-1])
+            what = (f"l2lab's training step (TensorFlow), one epoch of {args.images:,} images" if name == "tensorflow"
+                    else "the PyTorch peer's step, 200 steps")
+            print_ops(f"{what}, self time by op, kernel ISA cap {isa}", ms)
+            # Again with oneDNN's own log: which implementation each convolution, pooling and matmul got.
+            out = subprocess.run([sys.executable, __file__, "--ops", "--variant", name, "--images", str(args.images)],
+                                 capture_output=True, text=True,
+                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "ONEDNN_VERBOSE": "1"})
+            steps = 2 * (args.images // BATCH) if name == "tensorflow" else 220  # both epochs; 20 + 200 steps
+            print_primitives(out.stdout, steps)
+        return
     if args.variant:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         rates = torch_variant(args.images, args.epochs) if args.variant == "torch" else \
