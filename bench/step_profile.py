@@ -3,10 +3,11 @@
 Each variant trains the same network on the same generated images in a fresh process,
 (default 12,800 images, batch 64, 3 epochs; the first is not timed) and prints images/s
 and the ratio to the full loop, so the cost of each part shows as the speed gained
-without it: the numpy gather through tf.numpy_function (against batches already in a
-tensor), the accuracy metric, the L2 terms, op determinism, Adam (against plain SGD),
-and, where PyTorch is installed, the same network in a plain PyTorch loop. A
-benchmark, not a test: nothing asserts a timing.
+without it: the input pipeline (against gathering each batch from the numpy arrays through
+tf.numpy_function, as l2lab did before, and slicing a tensor copy in tf.data), the accuracy
+metric, the L2 terms, op determinism, Adam (against plain SGD), and two other ways to
+run the same step (XLA; one op at a time), and, where PyTorch is installed, the same
+network in a plain PyTorch loop. A benchmark, not a test: nothing asserts a timing.
 
 With --ops, a per-op profile instead: where one epoch of l2lab's training step spends its
 time in TensorFlow (TensorFlow's profiler, self time by op type), next to the same network's
@@ -30,13 +31,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 64
 VARIANTS = {
-    "full": "l2lab's loop as the train stage runs it",
-    "tensor_input": "batches sliced from tensors already in memory (no numpy_function gather)",
+    "full": "l2lab's loop as the train stage runs it (batches gathered inside the step)",
+    "host_gather": "batches gathered from the numpy arrays by tf.data (numpy_function), as before",
+    "tensor_input": "batches sliced by tf.data from a tensor copy of the split",
     "no_accuracy": "without the accuracy metric",
     "no_l2": "without the L2 terms (train.l2 = 0)",
     "no_determinism": "without enable_op_determinism",
     "sgd": "plain SGD instead of Adam",
+    "xla": "the training step compiled with XLA (jit_compile=True)",
+    "one_op_at_a_time": "TensorFlow running one op at a time (inter_op_parallelism_threads=1)",
 }
+
+
+def generated(images: int):
+    """Random uint8 images and int64 labels, the images in aligned memory as the train stage reads its splits."""
+    import numpy as np
+
+    from l2lab.data import aligned_empty
+
+    rng = np.random.default_rng(0)
+    x = aligned_empty((images, 32, 32, 3), np.uint8)
+    x[...] = rng.integers(0, 256, size=x.shape, dtype=np.uint8)
+    return x, rng.integers(0, 10, size=images).astype(np.int64)
+
+
+def host_gather(x, y, seed: int | None, passes: int):
+    """l2lab's input pipeline before the splits became tables in the training step: tf.data shuffles
+    indices and gathers each batch from the numpy arrays (tf.numpy_function)."""
+    import tensorflow as tf
+
+    from l2lab.fit import PREFETCH, pipeline_options
+
+    def load(index):
+        images, labels = tf.numpy_function(lambda i: (x[i], y[i]), [index], (tf.uint8, tf.int64), stateful=False)
+        return tf.ensure_shape(images, (None, *x.shape[1:])), tf.ensure_shape(labels, (None,))
+
+    order = tf.data.Dataset.range(len(x))
+    if seed is not None:
+        order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return order.batch(BATCH).repeat(passes).map(load).prefetch(PREFETCH).with_options(pipeline_options())
 
 
 def run_variant(name: str, images: int, epochs: int) -> list[float]:
@@ -50,26 +83,31 @@ def run_variant(name: str, images: int, epochs: int) -> list[float]:
     from l2lab.model import build_model
     from l2lab.params import load_params, parse_params
 
+    if name == "one_op_at_a_time":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     raw = load_params(REPO / "params.yaml").model_dump()
     raw["train"].update(batch_size=BATCH, epochs=epochs, l2=0.0 if name == "no_l2" else 0.001)
     train = parse_params(raw).train
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, size=images)
+    x, y = generated(images)
     xv, yv = x[:2048], y[:2048]
     if name == "no_determinism":
         keras.utils.set_random_seed(train.seed)
     else:
         fitmod.make_deterministic(train.seed)
     data, val = fitmod.input_pipelines(train, (x, y), (xv, yv))
-    if name == "tensor_input":
-        ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64))).shuffle(images, seed=train.seed)
-        data = fitmod.Batches(ds.batch(BATCH).repeat(epochs).prefetch(2), data.steps)
     model = build_model(train.l1, train.l2, train.seed)
+    train_ds, val_ds = data.dataset, val.dataset
+    if name == "host_gather":
+        train_ds, val_ds = host_gather(x, y, train.seed, epochs), host_gather(xv, yv, None, 1)
+    elif name == "tensor_input":
+        train_ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(images, seed=train.seed).batch(BATCH)
+        train_ds, val_ds = train_ds.repeat(epochs).prefetch(2), host_gather(xv, yv, None, 1)
+    else:
+        model = fitmod.DeviceResident(model, data.table, val.table)
     optimizer = keras.optimizers.SGD(0.01) if name == "sgd" else keras.optimizers.Adam(train.learning_rate)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=[] if name == "no_accuracy" else ["accuracy"],
-                  steps_per_execution=fitmod.steps_per_execution(data.steps))
+                  steps_per_execution=fitmod.steps_per_execution(data.steps), jit_compile=name == "xla")
     seconds: list[float] = []
 
     class Timer(keras.callbacks.Callback):
@@ -79,7 +117,7 @@ def run_variant(name: str, images: int, epochs: int) -> list[float]:
         def on_epoch_end(self, epoch, logs=None):
             seconds.append(time.perf_counter() - self.started)
 
-    model.fit(data.dataset, steps_per_epoch=data.steps, validation_data=val.dataset, epochs=epochs,
+    model.fit(train_ds, steps_per_epoch=data.steps, validation_data=val_ds, epochs=epochs,
               callbacks=[Timer()], verbose=0, shuffle=False)
     return [images / s for s in seconds[1:]]
 
@@ -97,7 +135,7 @@ def torch_variant(images: int, epochs: int) -> list[float]:
     return [images / s for s in result["epoch_seconds"][1:]]
 
 
-def tf_op_profile(images: int) -> list[tuple[str, float]]:
+def tf_op_profile(images: int, one_op_at_a_time: bool = False) -> list[tuple[str, float]]:
     """(op type, self milliseconds per training step) over l2lab's second epoch (the first traces the
     graph); validation on one batch, so that it does not count."""
     import glob
@@ -116,11 +154,12 @@ def tf_op_profile(images: int) -> list[tuple[str, float]]:
     from l2lab import fit as fitmod
     from l2lab.params import load_params, parse_params
 
+    if one_op_at_a_time:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     raw = load_params(REPO / "params.yaml").model_dump()
     raw["train"].update(batch_size=BATCH, epochs=2, l2=0.001)
     train = parse_params(raw).train
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=images)
+    x, y = generated(images)
     data, val = fitmod.input_pipelines(train, (x, y), (x[:BATCH], y[:BATCH]))
     logdir = tempfile.mkdtemp()
 
@@ -197,8 +236,8 @@ def print_ops(title: str, ms: list[tuple[str, float]], top: int = 14) -> None:
 
 
 def print_primitives(verbose_log: str, steps: int, top: int = 8) -> None:
-    """oneDNN's verbose lines summed by (primitive, implementation, direction, shape), per step. Under
-    TensorFlow, independent ops run side by side on the cores, so these times overlap."""
+    """oneDNN's verbose lines summed by (primitive, implementation, direction, shape), per step. TensorFlow
+    runs one op at a time for this (inter_op_parallelism_threads=1), as PyTorch does, so times do not overlap."""
     totals: dict[tuple[str, ...], float] = {}
     for line in verbose_log.splitlines():
         fields = line.split(",")
@@ -207,7 +246,8 @@ def print_primitives(verbose_log: str, steps: int, top: int = 8) -> None:
         # onednn_verbose,v1,primitive,exec,cpu,<kind>,<implementation>,<direction>,...,<shape>,<ms>
         key = (fields[5], fields[6], fields[7], fields[-2])
         totals[key] = totals.get(key, 0.0) + float(fields[-1])
-    print(f"  oneDNN primitives, ms per step (every epoch's steps, warm-up included):")
+    print(f"  oneDNN primitives, ms per step (every epoch's steps, warm-up included), "
+          f"{sum(totals.values()) / steps:.2f} ms in all:")
     for (kind, impl, direction, shape), ms in sorted(totals.items(), key=lambda item: -item[1])[:top]:
         print(f"  {ms / steps:6.3f} ms  {kind} {direction} {impl or '-'}  {shape}")
 
@@ -221,7 +261,8 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ops and args.variant:
-        shares = torch_op_profile() if args.variant == "torch" else tf_op_profile(args.images)
+        shares = torch_op_profile() if args.variant == "torch" else \
+            tf_op_profile(args.images, one_op_at_a_time=args.variant == "tensorflow_one_op")
         print(json.dumps(shares))
         return
     if args.ops:
@@ -238,7 +279,8 @@ def main() -> None:
                     else "the PyTorch peer's step, 200 steps")
             print_ops(f"{what}, self time by op, kernel ISA cap {isa}", ms)
             # Again with oneDNN's own log: which implementation each convolution, pooling and matmul got.
-            out = subprocess.run([sys.executable, __file__, "--ops", "--variant", name, "--images", str(args.images)],
+            one_op = "tensorflow_one_op" if name == "tensorflow" else name
+            out = subprocess.run([sys.executable, __file__, "--ops", "--variant", one_op, "--images", str(args.images)],
                                  capture_output=True, text=True,
                                  env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "ONEDNN_VERBOSE": "1"})
             steps = 2 * (args.images // BATCH) if name == "tensorflow" else 220  # both epochs; 20 + 200 steps

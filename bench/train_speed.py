@@ -36,19 +36,23 @@ L2 = 0.001
 
 
 def load_arrays(images: int | None):
-    """(x_train, y_train, x_val, y_val) uint8/int64: processed CIFAR-10 if present, else random of the same shape."""
+    """(x_train, y_train, x_val, y_val) uint8/int64: processed CIFAR-10 if present, else random of the same
+    shape; read as the train stage reads its splits (l2lab.data.load_split: aligned memory)."""
     import numpy as np
+
+    sys.path.insert(0, str(REPO / "src"))
+    from l2lab.data import aligned_empty, load_split
 
     processed = Path(os.environ.get("BENCH_DATA_DIR", REPO / "data" / "processed"))
     if (processed / "train.npz").exists() and (processed / "val.npz").exists():
-        with np.load(processed / "train.npz") as t, np.load(processed / "val.npz") as v:
-            xt, yt, xv, yv = t["x"], t["y"], v["x"], v["y"]
+        (xt, yt), (xv, yv) = load_split(processed / "train.npz"), load_split(processed / "val.npz")
         source = f"{processed} (processed CIFAR-10)"
     else:
         rng = np.random.default_rng(0)
-        xt = rng.integers(0, 256, size=(45_000, 32, 32, 3), dtype=np.uint8)
+        xt, xv = aligned_empty((45_000, 32, 32, 3), np.uint8), aligned_empty((5_000, 32, 32, 3), np.uint8)
+        xt[...] = rng.integers(0, 256, size=xt.shape, dtype=np.uint8)
         yt = rng.integers(0, 10, size=45_000)
-        xv = rng.integers(0, 256, size=(5_000, 32, 32, 3), dtype=np.uint8)
+        xv[...] = rng.integers(0, 256, size=xv.shape, dtype=np.uint8)
         yv = rng.integers(0, 10, size=5_000)
         source = "generated arrays of CIFAR-10's shape"
     if images:

@@ -1,4 +1,5 @@
-"""The training loop: seeded batches from the split arrays, Keras fit, one log line and history row per epoch."""
+"""The training loop: seeded index batches into the splits (resident on the training device), Keras fit,
+one log line and history row per epoch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from l2lab.data import TENSOR_ALIGNMENT
 from l2lab.errors import L2labError
 from l2lab.model import build_model, compile_model
 from l2lab.norms import ABS_EDGES, abs_histogram, abs_quantiles, kernels, weight_norms
@@ -20,7 +22,7 @@ from l2lab.params import TrainParams
 log = logging.getLogger(__name__)
 
 EpochSink = Callable[[int, dict[str, float]], None]  # (epoch, that epoch's logs) -> None
-PREFETCH = 2  # batches gathered ahead of the one training uses
+PREFETCH = 2  # index batches made ahead of the one training uses
 VAL_BATCH = 256  # images per validation step: results do not depend on it; 1024 cost 240 MB more peak memory
 MAX_STEPS_PER_EXECUTION = 32  # training steps per call into the compiled graph: less Python per step
 CHANCE_LOSS = math.log(10)  # cross-entropy of guessing uniformly among 10 classes
@@ -39,45 +41,48 @@ def make_deterministic(seed: int) -> None:
 
 @dataclass(frozen=True)
 class Batches:
-    """A dataset of (uint8 images, int64 labels) batches and how many make one pass over the split.
+    """Index batches into one split's table, and how many batches make one pass over the split.
 
-    With a table (images, labels) resident on the training device, the dataset holds only
-    index batches into it, and the gather happens on the device, inside the training step.
+    The table (images, labels) lives on the training device; the gather happens there, inside
+    the training step (DeviceResident), so the input pipeline only shuffles indices.
     """
 
     dataset: tf.data.Dataset
     steps: int
-    table: tuple[tf.Tensor, tf.Tensor] | None = None
+    table: tuple[tf.Tensor, tf.Tensor]
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None, passes: int = 1) -> Batches:
-    """`passes` passes over (x, y), each reshuffled (seeded) when seed is given, else in order.
+def host_table(x: np.ndarray) -> tf.Tensor:
+    """x as a CPU tensor: the array's own memory where it is C-ordered and 64-byte aligned (as
+    data.load_split reads it; TensorFlow requires that alignment), else a copy."""
+    if x.flags.c_contiguous and x.ctypes.data % TENSOR_ALIGNMENT == 0 and x.size:
+        return tf.experimental.dlpack.from_dlpack(x.__dlpack__())  # shares x's memory, keeps x alive
+    return tf.constant(x)
 
-    The pipeline shuffles indices and gathers a whole batch from the numpy arrays at
-    once: its cost is per batch, not per image (on 2 cores every cycle it takes is
-    one training does not get), and the images are never copied into a tensor, so
-    the stage holds one 138 MB copy of CIFAR-10's training split, not two.
+
+def split_table(x: np.ndarray, y: np.ndarray, device: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """(images, int64 labels) of one split on device: on the CPU the arrays' own memory, elsewhere one copy."""
+    labels = y.astype(np.int64, copy=False)
+    if tf.DeviceSpec.from_string(device).device_type == "CPU":
+        return host_table(x), host_table(labels)
+    with tf.device(device):
+        return tf.identity(tf.constant(x)), tf.identity(tf.constant(labels))
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, device: str, seed: int | None = None,
+            passes: int = 1) -> Batches:
+    """`passes` passes over (x, y) as index batches, each pass reshuffled (seeded) when seed is given,
+    else in order; the last batch of each pass may be smaller.
 
     Training reads all its epochs from one dataset (fit is given steps_per_epoch): Keras
     then keeps one iterator for the whole run instead of building a new one each epoch,
-    which stalled some epochs by 3-5 s here (a third of a CIFAR-10 epoch). It ends
-    exactly after the last epoch, so no gather is in flight when the iterator goes.
+    which stalled some epochs by 3-5 s here (a third of a CIFAR-10 epoch).
     """
-    labels = y.astype(np.int64, copy=False)
-
-    def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x[index], labels[index]  # (B, 32, 32, 3) uint8, (B,) int64
-
-    def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images, targets = tf.numpy_function(gather, [index], (tf.uint8, tf.int64), stateful=False)
-        return tf.ensure_shape(images, (None, *x.shape[1:])), tf.ensure_shape(targets, (None,))
-
     order = tf.data.Dataset.range(len(x))
     if seed is not None:
         order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    order = order.batch(batch_size).repeat(passes)  # the last batch of each pass may be smaller
-    steps = math.ceil(len(x) / batch_size)
-    return Batches(order.map(load).prefetch(PREFETCH).with_options(pipeline_options()), steps)
+    dataset = order.batch(batch_size).repeat(passes).prefetch(PREFETCH).with_options(pipeline_options())
+    return Batches(dataset, math.ceil(len(x) / batch_size), split_table(x, y, device))
 
 
 def pipeline_options() -> tf.data.Options:
@@ -88,45 +93,27 @@ def pipeline_options() -> tf.data.Options:
     return options
 
 
-def device_batches(train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.ndarray, np.ndarray], batch_size: int,
-                   seed: int, passes: int, device: str) -> tuple[Batches, Batches]:
-    """(train, val) as index batches into one table of both splits, copied once to device.
-
-    The indices come from the same seeded shuffle as batches() makes, so a run sees the
-    same images in the same order either way; val indices follow the train ones (offset
-    by the train split's size) so that one table serves both.
-    """
-    (xt, yt), (xv, yv) = train_xy, val_xy
-    with tf.device(device):
-        images = tf.identity(tf.concat([tf.constant(xt), tf.constant(xv)], axis=0))
-        labels = tf.identity(tf.constant(np.concatenate([yt, yv]).astype(np.int64)))
-    options = pipeline_options()
-    order = tf.data.Dataset.range(len(xt)).shuffle(len(xt), seed=seed, reshuffle_each_iteration=True)
-    train = order.batch(batch_size).repeat(passes).prefetch(PREFETCH).with_options(options)
-    val = tf.data.Dataset.range(len(xt), len(xt) + len(xv)).batch(VAL_BATCH).prefetch(PREFETCH).with_options(options)
-    return (Batches(train, math.ceil(len(xt) / batch_size), (images, labels)),
-            Batches(val, math.ceil(len(xv) / VAL_BATCH), (images, labels)))
-
-
 class DeviceResident(keras.Model):
-    """Trains network on index batches, gathering images and labels from a table on the device."""
+    """Trains network on index batches, gathering images and labels from the split's table on the device."""
 
-    def __init__(self, network: keras.Model, table: tuple[tf.Tensor, tf.Tensor]) -> None:
+    def __init__(self, network: keras.Model, train_table: tuple[tf.Tensor, tf.Tensor],
+                 val_table: tuple[tf.Tensor, tf.Tensor]) -> None:
         super().__init__(name=f"{network.name}_on_device")
-        self.network, self.table = network, table
+        self.network, self.train_table, self.val_table = network, train_table, val_table
 
     def call(self, inputs, training=False):  # noqa: ANN001
         return self.network(inputs, training=training)
 
-    def _gather(self, index):  # noqa: ANN001
-        images, labels = self.table
+    @staticmethod
+    def _gather(table, index):  # noqa: ANN001, ANN205
+        images, labels = table
         return tf.gather(images, index), tf.gather(labels, index)
 
     def train_step(self, index):  # noqa: ANN001
-        return super().train_step(self._gather(index))
+        return super().train_step(self._gather(self.train_table, index))
 
     def test_step(self, index):  # noqa: ANN001
-        return super().test_step(self._gather(index))
+        return super().test_step(self._gather(self.val_table, index))
 
 
 def steps_per_execution(steps: int, limit: int = MAX_STEPS_PER_EXECUTION) -> int:
@@ -208,14 +195,12 @@ class WeightHistograms(keras.callbacks.Callback):
 
 def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],
                     val_xy: tuple[np.ndarray, np.ndarray], device: str | None = None) -> tuple[Batches, Batches]:
-    """(train, val) batches: on a GPU (device "/GPU:0", the default when TensorFlow sees one) both splits
-    stay resident on it and batches are gathered there; on the CPU they are read from the arrays
-    given (no copies)."""
-    if device is None and tf.config.list_physical_devices("GPU"):
-        device = "/GPU:0"
-    if device is not None:
-        return device_batches(train_xy, val_xy, train.batch_size, train.seed, train.epochs, device)
-    return batches(*train_xy, train.batch_size, seed=train.seed, passes=train.epochs), batches(*val_xy, VAL_BATCH)
+    """(train, val) batches with both splits resident on the training device: "/GPU:0" where TensorFlow
+    sees a GPU (one copy there), else the CPU, where the tables are the arrays themselves."""
+    if device is None:
+        device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    return (batches(*train_xy, train.batch_size, device, seed=train.seed, passes=train.epochs),
+            batches(*val_xy, VAL_BATCH, device))
 
 
 def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
@@ -228,7 +213,7 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
     # mixed_float16: compile wraps the optimizer in Keras's LossScaleOptimizer (dynamic loss scaling).
     keras.mixed_precision.set_global_policy(train.precision)
     network = build_model(train.l1, train.l2, train.seed)
-    model = network if data.table is None else DeviceResident(network, data.table)
+    model = DeviceResident(network, data.table, val.table)
     model = compile_model(train, steps_per_execution(data.steps), model)
     history = model.fit(
         data.dataset,
@@ -239,5 +224,6 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     )
+    compile_model(train, model=network, optimizer=model.optimizer)  # saved with it: state and settings, as trained
     rows = {"epoch": [e + 1 for e in history.epoch]}
     return network, rows | {k: [float(v) for v in values] for k, values in history.history.items()}

@@ -48,11 +48,13 @@ def build_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def compile_model(train: TrainParams, steps_per_execution: int = 1, model: keras.Model | None = None) -> keras.Model:
-    """model (default: a freshly initialised network, train.seed), compiled for these training params."""
+def compile_model(train: TrainParams, steps_per_execution: int = 1, model: keras.Model | None = None,
+                  optimizer: keras.optimizers.Optimizer | None = None) -> keras.Model:
+    """model (default: a freshly initialised network, train.seed), compiled for these training params
+    (with optimizer, where given: one that has trained it already)."""
     model = model if model is not None else build_model(train.l1, train.l2, train.seed)
     model.compile(
-        optimizer=build_optimizer(train),
+        optimizer=optimizer if optimizer is not None else build_optimizer(train),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
