@@ -37,7 +37,7 @@ def test_each_pass_holds_every_image_once_and_reshuffles(n: int, batch_size: int
 
 
 def test_on_the_cpu_the_table_is_the_arrays_own_memory_when_aligned(tmp_path) -> None:  # noqa: ANN001
-    from l2lab.data import load_split, save_split
+    from l2lab.data import aligned_empty, load_split, save_split
 
     rng = np.random.default_rng(0)
     save_split(tmp_path / "s.npz", rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 50))
@@ -49,6 +49,10 @@ def test_on_the_cpu_the_table_is_the_arrays_own_memory_when_aligned(tmp_path) ->
     unaligned = np.frombuffer(b"\0" + x.tobytes(), np.uint8, offset=1).reshape(x.shape)
     copied, _ = batches(unaligned, y, 16, "/CPU:0").table
     assert np.array_equal(copied.numpy(), x)  # an array TensorFlow cannot share is copied, same values
+    read_only = aligned_empty(x.shape, np.uint8)
+    read_only[...] = x
+    read_only.flags.writeable = False  # aligned, but DLPack does not export it: copied too
+    assert np.array_equal(batches(read_only, y, 16, "/CPU:0").table[0].numpy(), x)
 
 
 class Steps(keras.callbacks.Callback):

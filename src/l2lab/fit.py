@@ -53,9 +53,10 @@ class Batches:
 
 
 def host_table(x: np.ndarray) -> tf.Tensor:
-    """x as a CPU tensor: the array's own memory where it is C-ordered and 64-byte aligned (as
-    data.load_split reads it; TensorFlow requires that alignment), else a copy."""
-    if x.flags.c_contiguous and x.ctypes.data % TENSOR_ALIGNMENT == 0 and x.size:
+    """x as a CPU tensor: the array's own memory where it is C-ordered, writable (DLPack exports no
+    read-only arrays) and 64-byte aligned (as data.load_split reads it; TensorFlow requires that
+    alignment), else a copy."""
+    if x.flags.c_contiguous and x.flags.writeable and x.ctypes.data % TENSOR_ALIGNMENT == 0 and x.size:
         return tf.experimental.dlpack.from_dlpack(x.__dlpack__())  # shares x's memory, keeps x alive
     return tf.constant(x)
 
