@@ -205,3 +205,41 @@ def test_a_full_disk_while_logging_the_model_is_one_line_and_leaves_nothing_half
     assert only.info.status == "FAILED"
     assert not list((work / "mlartifacts").rglob("MLmodel")) and not list((work / "mlartifacts").rglob("*.keras"))
     assert not (work / "models" / "model.keras").exists() and not list(work.rglob(".*.tmp*"))
+
+
+STOPPED_WHILE_TRACING = r"""
+import os, signal, sys, time
+from l2lab.stages import run_stage
+from l2lab.tracking.runs import ending
+from l2lab.tracking.store import connect
+
+store = connect()
+run_id = store.client.create_run(store.experiment_id).info.run_id
+print(run_id, flush=True)
+
+def body():
+    with ending(store, run_id):
+        try:
+            os.kill(os.getpid(), int(sys.argv[1]))
+            time.sleep(30)
+        except:  # noqa: E722  as Keras's ops.shape() does while TensorFlow traces the training step
+            pass
+        raise TypeError("Failed to convert elements of (None, 2304) to Tensor.")
+
+run_stage(body)
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
+                                                   (signal.SIGINT, 130, "error: interrupted")])
+def test_a_stop_signal_a_library_swallows_still_ends_the_run_killed_in_one_line(
+        tmp_path: Path, sig: int, code: int, line: str) -> None:
+    """Ctrl-C, or the team guard's SIGINT, during graph tracing: Keras's bare `except:` ate the
+    KeyboardInterrupt and the stage failed with a TypeError traceback and a FAILED run."""
+    proc = subprocess.run([sys.executable, "-c", STOPPED_WHILE_TRACING, str(int(sig))], cwd=tmp_path, text=True,
+                          capture_output=True, env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(tmp_path)),
+                          preexec_fn=like_a_terminal, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert line in proc.stderr and "Traceback" not in proc.stderr and "TypeError" not in proc.stderr
+    run_id = proc.stdout.split()[0]
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"

@@ -18,7 +18,7 @@ from urllib.request import url2pathname
 from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 
 from l2lab.deps import code_digest
-from l2lab.errors import L2labError, causes
+from l2lab.errors import L2labError, causes, stop_requested
 from l2lab.tracking.owners import end_stale_runs, owner_tags
 from l2lab.tracking.store import Store, bind_fluent, search_runs
 
@@ -180,7 +180,8 @@ class Run:
 
 @contextmanager
 def ending(store: Store, run_id: str, failed: Callable[[], bool] = lambda: False) -> Iterator[None]:
-    """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED on any other error."""
+    """End the run FINISHED on success, KILLED on Ctrl-C/SIGTERM (or any error once one arrived), FAILED on
+    any other error."""
     def end(status: int) -> None:
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(status)))
 
@@ -190,7 +191,7 @@ def ending(store: Store, run_id: str, failed: Callable[[], bool] = lambda: False
         end(RunStatus.KILLED)
         raise
     except BaseException:
-        end(RunStatus.FAILED)
+        end(RunStatus.KILLED if stop_requested() else RunStatus.FAILED)  # stopped, whatever it surfaced as
         raise
     status = RunStatus.FAILED if failed() else RunStatus.FINISHED
     end(status)
