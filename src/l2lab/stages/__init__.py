@@ -38,21 +38,13 @@ def run_stage(body: Callable[[], int | None]) -> None:
         signal.signal(signal.SIGINT, _on_stop_signal)
     try:
         status = body()
-    except L2labError as exc:
-        if stop_requested() is None:
+    except (KeyboardInterrupt, Exception) as exc:
+        if isinstance(exc, KeyboardInterrupt) or stop_requested() is not None:  # whatever the stop surfaced as
+            terminated = isinstance(exc, Terminated) or stop_requested() == signal.SIGTERM
+            log.error("error: %s", "terminated (SIGTERM)" if terminated else "interrupted")
+            sys.exit(143 if terminated else 130)
+        if isinstance(exc, L2labError):
             log.error("error: %s", exc)
             sys.exit(1)
-        stopped(exc)
-    except (KeyboardInterrupt, Exception) as exc:
-        if stop_requested() is None and not isinstance(exc, KeyboardInterrupt):
-            raise
-        stopped(exc)
+        raise
     sys.exit(status or 0)
-
-
-def stopped(exc: BaseException) -> None:
-    """The one line and exit status of a stage that a signal stopped, whatever error that surfaced as."""
-    terminated = isinstance(exc, Terminated) or stop_requested() == signal.SIGTERM
-    log.error("error: %s", "terminated (SIGTERM)" if terminated else "interrupted")
-    sys.exit(143 if terminated else 130)
-

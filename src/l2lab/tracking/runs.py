@@ -187,11 +187,9 @@ def ending(store: Store, run_id: str, failed: Callable[[], bool] = lambda: False
 
     try:
         yield
-    except KeyboardInterrupt:
-        end(RunStatus.KILLED)
-        raise
-    except BaseException:
-        end(RunStatus.KILLED if stop_requested() else RunStatus.FAILED)  # stopped, whatever it surfaced as
+    except BaseException as exc:
+        stopped = isinstance(exc, KeyboardInterrupt) or stop_requested() is not None  # whatever it surfaced as
+        end(RunStatus.KILLED if stopped else RunStatus.FAILED)
         raise
     status = RunStatus.FAILED if failed() else RunStatus.FINISHED
     end(status)
