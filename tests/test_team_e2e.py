@@ -30,6 +30,9 @@ def stack(tmp_path: Path):
     started = team_stack.up(tmp_path / ".team")
     yield started
     team_stack.down(tmp_path / ".team")
+    ports = [p for port in (started.s3_port, *started.s3_ports) for p in (port, port + team_stack.GRPC_OFFSET)]
+    left = [str(sock) for port in ports for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
+    assert not left and not (tmp_path / ".team").exists()  # weed's sockets in /tmp go with the stack
 
 
 def team_env(stack: team_stack.Stack) -> dict[str, str]:

