@@ -173,7 +173,7 @@ def start_postgres(stack: Stack, folder: Path) -> None:
         checked(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(log_file), "-o", options, "-w",
                              "-t", "60", "start"]), "pg_ctl start")
     except L2labError as exc:
-        last = log_file.read_text().strip().splitlines()[-1:] if log_file.exists() else []
+        last = _log_lines(log_file)[-1:]
         raise L2labError(f"{exc} ({last[0] if last else 'no log'}; log: {log_file})") from None
     import psycopg2
 
@@ -213,15 +213,22 @@ def serve(stack: Stack, name: str, argv: list[str], log_file: Path, waiting: Cal
     deadline = time.monotonic() + START_SECONDS
     while (missing := waiting()) is not None:
         if not _alive(stack.pids[name]):
-            said = log_file.read_bytes()[said_before:].decode(errors="replace").strip().splitlines()
-            taken = [line.strip() for line in said if "address already in use" in line.lower()]
+            said = _log_lines(log_file, said_before)
+            taken = [line for line in said if "address already in use" in line.lower()]
             error = PortTaken if taken else L2labError
-            raise error(f"{name} server exited ({(taken or said or ['nothing in its log'])[-1].strip()}); see {log_file}")
+            raise error(f"{name} server exited ({(taken or said or ['nothing in its log'])[-1]}); see {log_file}")
         if time.monotonic() > deadline:
-            said = log_file.read_bytes()[said_before:].decode(errors="replace").strip().splitlines()
+            said = _log_lines(log_file, said_before)
             raise L2labError(f"{name} server did not come up in {START_SECONDS:.0f} s ({missing}; its log's last "
-                             f"line: {(said or ['nothing'])[-1].strip()}); see {log_file}")
+                             f"line: {(said or ['nothing'])[-1]}); see {log_file}")
         time.sleep(0.5)
+
+
+def _log_lines(log_file: Path, since: int = 0) -> list[str]:
+    """The lines a server wrote to log_file after its first `since` bytes (none without the file)."""
+    if not log_file.exists():
+        return []
+    return [line.strip() for line in log_file.read_bytes()[since:].decode(errors="replace").strip().splitlines()]
 
 
 def on_free_ports(start: Callable[[], None], new_ports: Callable[[], None], tries: int = 3) -> None:
@@ -394,7 +401,8 @@ def down(folder: Path = TEAM_DIR, keep_logs: bool = False) -> None:
     if link.is_symlink():
         link.unlink()
     shutil.rmtree(stack.pg_data, ignore_errors=True)
-    for part in [p for p in folder.iterdir() if p.name != "logs"] if keep_logs else [folder]:
+    parts = [p for p in folder.iterdir() if p.name != "logs"] if keep_logs else [folder]
+    for part in parts:
         if part.is_dir():
             shutil.rmtree(part, ignore_errors=True)
         else:
