@@ -261,3 +261,32 @@ def assert_no_workers_left(project: Path) -> None:
             return
         time.sleep(2)
     raise AssertionError(f"queue workers left running:\n{status}")
+
+
+@pytest.mark.fault
+def test_a_point_equal_to_the_committed_lock_trains_as_its_own_run(project: Path) -> None:
+    # The README's flow: `make repro`, commit what it made, then a grid holding the committed lambda
+    # (train.l2 = 0.001). DVC finds that point up to date and skips its training; it must train all the same.
+    run(project, "dvc", "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "the pipeline's outputs")
+    committed = json.loads((project / "reports" / "metrics.json").read_text())
+    swept = run(project, "l2lab", "sweep", "--l2", "0,0.001", "--jobs", "1")
+
+    (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    children = {float(r.data.params["train.l2"]): r for r in runs(project)
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == [0.0, 0.001]  # one run per point: the first try's empty run is the one re-used
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in children.values())
+    same = children[0.001]
+    # Same params, code and data: the committed run's numbers, from a training of its own.
+    assert same.data.metrics["test_accuracy"] == committed["test_accuracy"]
+    assert same.data.metrics["weight_norm.total"] == committed["weight_norm"]["total"]
+    assert same.info.run_id != committed["mlflow_run_id"]
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+    by_name = {exp["name"]: exp for rev in shown for exp in _experiments(rev)}
+    assert _metric(by_name[same.info.run_name], "mlflow_run_id") == same.info.run_id
+    table = (project / "reports" / "sweep" / parent.data.tags["l2lab.sweep_id"] / "table.csv").read_text()
+    assert ",," not in table and "nan" not in table.lower()
+    assert "DVC found it equal to the workspace's dvc.lock" in swept.stderr and "2/2 done (0 failed)" in swept.stderr

@@ -11,7 +11,7 @@ import pytest
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError
 from l2lab.report import choose_champion, markdown, plot_axis, sweep_table
-from l2lab.sweep import STALLED_POLLS, grid, parse_sets, parse_values, queue_state, validate, wait
+from l2lab.sweep import AGAIN, STALLED_POLLS, grid, parse_sets, parse_values, queue_state, validate, wait
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,6 +92,22 @@ def test_a_running_point_is_alive_even_when_dvc_reports_no_workers(monkeypatch: 
     done = []
     result = wait(points, Path("."), lambda name, status: done.append((name, status)), lambda cwd: states.pop(0))
     assert result == {"l2=0_sw": "Success", "l2=1_sw": "Failed"} and done == [("l2=0_sw", "Success"), ("l2=1_sw", "Failed")]
+
+
+def test_a_point_queued_again_is_followed_to_its_second_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    points = grid("sw", {"train.l2": ["0", "1"]}, {})
+    states = [({"l2=0_sw": "Success", "l2=1_sw": "Running"}, 1), ({"l2=0_sw": "Queued", "l2=1_sw": "Success"}, 1),
+              ({"l2=0_sw": "Running", "l2=1_sw": "Success"}, 1), ({"l2=0_sw": "Success", "l2=1_sw": "Success"}, 0)]
+    calls = []
+
+    def on_done(name: str, status: str) -> str | None:  # l2=0's first end puts it back; l2=1 turns out failed
+        calls.append(name)
+        return AGAIN if calls.count(name) == 1 and name == "l2=0_sw" else ("Failed" if name == "l2=1_sw" else None)
+
+    result = wait(points, Path("."), on_done, lambda cwd: states.pop(0))
+    assert result == {"l2=0_sw": "Success", "l2=1_sw": "Failed"}
+    assert calls == ["l2=0_sw", "l2=1_sw", "l2=0_sw"] and states == []
 
 
 @pytest.mark.fault

@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from l2lab.commands import dvc_command, set_args
 from l2lab.files import file_sha256
 from l2lab.stages import run_stage
 from l2lab.synthetic import write_cifar_archive
@@ -23,7 +24,7 @@ def demo_command(archive: Path, sha256: str, name: str, val_size: int, epochs: i
     """The `dvc exp run --temp` command line that trains on the demo archive."""
     sets = {"data.url": archive.resolve().as_uri(), "data.sha256": sha256, "data.val_size": val_size,
             "train.epochs": epochs}
-    return ["dvc", "exp", "run", "--temp", "-n", name, *(arg for k, v in sets.items() for arg in ("-S", f"{k}={v}"))]
+    return [dvc_command(), "exp", "run", "--temp", "-n", name, *set_args({k: str(v) for k, v in sets.items()})]
 
 
 def run_demo(workdir: Path, per_batch: int, epochs: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import logging
 import os
@@ -16,11 +17,12 @@ from typing import Callable
 
 from ruamel.yaml import YAML
 
+from l2lab.commands import RETRAIN, checked, dvc, dvc_command, git, set_args
 from l2lab.errors import L2labError
 from l2lab.params import Params, ParamsError, load_params, parse_params
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
-from l2lab.tracking.sweeps import end_unstarted, point_progress, reserve, sweep_parent
+from l2lab.tracking.sweeps import end_unstarted, never_trained, point_progress, reserve, sweep_parent
 
 log = logging.getLogger(__name__)
 
@@ -130,33 +132,44 @@ def _override(base: dict, sets: dict[str, str]) -> dict:
     return raw
 
 
-def checked(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a command; when it fails, raise with what it was and the last line it printed."""
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise L2labError(f"{what} failed: {last[0]}")
-    return proc
-
-
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a dvc command; raise with its own message when it fails."""
-    return checked(["dvc", *args], f"dvc {' '.join(args)}", cwd)
-
-
 def queue(points: list[Point], cwd: Path) -> None:
     """Queue every point as a named DVC experiment."""
     for point in points:
-        sets = [arg for key, value in point.sets.items() for arg in ("-S", f"{key}={value}")]
-        dvc("exp", "run", "--queue", "-n", point.name, *sets, cwd=cwd)
+        dvc("exp", "run", "--queue", "-n", point.name, *set_args(point.sets), cwd=cwd)
         log.info("queued %s (%s)", point.name, ", ".join(f"{k}={v}" for k, v in point.sets.items()))
+
+
+def retrain(point: Point, cwd: Path) -> None:
+    """Queue a point again with its training forced, under the same name (its empty first try goes).
+
+    For a point whose params, code and data equal the workspace's dvc.lock, `dvc exp run`
+    skips train and evaluate ("didn't change, skipping") and calls the experiment a
+    success with the lock's outputs: no run of its own, no metrics of its own.
+    """
+    log.warning("%s: DVC found it equal to the workspace's dvc.lock (same params, code and data) and skipped its "
+                "training; queued again with training forced (dvc exp run %s)", point.name, " ".join(RETRAIN))
+    dvc("queue", "remove", point.name, cwd=cwd)  # the empty first try's queue entry; --force replaces its experiment
+    dvc("exp", "run", "--queue", *RETRAIN, "-n", point.name, *set_args(point.sets), cwd=cwd)
+    if queue_state(cwd)[1] == 0:  # the workers left: the queue was empty for 10 s
+        start_workers(1, cwd)
+
+
+def workspace_state(cwd: Path) -> str:
+    """A digest of what `dvc exp run --queue` copies into an experiment: HEAD, the changes to tracked
+    files and the untracked files git does not ignore. Equal digests: a point queued now runs the same code."""
+    digest = hashlib.sha256(git("rev-parse", "HEAD", cwd=cwd).encode())
+    digest.update(checked(["git", "diff", "HEAD", "--binary"], "git diff", cwd).stdout.encode())
+    for name in git("ls-files", "--others", "--exclude-standard", "-z", cwd=cwd).split("\0"):
+        if name and (cwd / name).is_file():
+            digest.update(name.encode() + b"\0" + (cwd / name).read_bytes())
+    return digest.hexdigest()
 
 
 def start_workers(jobs: int, cwd: Path) -> None:
     """`dvc queue start -j N`. The workers it forks outlive it and keep inherited pipes open,
     so its output goes to a file, not a pipe, or this call would wait for the whole queue."""
     with tempfile.TemporaryFile("w+") as out:
-        status = subprocess.call(["dvc", "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=out, stderr=out)
+        status = subprocess.call([dvc_command(), "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=out, stderr=out)
         if status != 0:
             out.seek(0)
             lines = out.read().strip().splitlines() or ["no output"]
@@ -170,7 +183,10 @@ def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
     logging.getLogger("kombu").setLevel(logging.ERROR)  # "No hostname was supplied": DVC's local queue needs none
     with Repo(str(cwd)) as repo:
         queue = repo.experiments.celery_queue
-        states = {entry["name"]: entry["status"] for entry in queue.status() if entry.get("name")}
+        states: dict[str, str] = {}
+        for entry in queue.status():  # running, queued, failed, then succeeded: a name's first entry is its latest
+            if entry.get("name"):
+                states.setdefault(entry["name"], entry["status"])
         return states, len(queue.worker_status())
 
 
@@ -198,10 +214,16 @@ def progress_line(done: int, total: int, failed: int, running: dict[str, Progres
     return line
 
 
-def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
+AGAIN = "Queued again"  # what on_done returns for a point it put back in the queue
+
+
+def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | None],
          read_state: Callable[[Path], tuple[dict[str, str], int]] = queue_state,
          progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None)) -> dict[str, str]:
     """Poll the queue until every point is done; call on_done(name, status) once for each.
+
+    on_done returns the point's final status (None: the queue's), or AGAIN when it queued
+    the point again: it is then followed until it is done once more.
 
     Logs a progress line whenever the counts change and at least every PROGRESS_SECONDS
     while points run, with each running point's epoch (from progress(name)). A running
@@ -218,8 +240,9 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], None],
         for name in names:
             status = states.get(name)
             if name not in seen and status in DONE:
-                seen[name] = status
-                on_done(name, status)
+                final = on_done(name, status) or status
+                if final != AGAIN:
+                    seen[name] = final
         running = sum(states.get(n) == "Running" for n in names)
         stalled = len(seen) < len(names) and running == 0 and workers == 0
         idle_polls = idle_polls + 1 if stalled else 0
@@ -252,7 +275,7 @@ def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:
         dvc("queue", "remove", *queued, cwd=cwd)
         log.info("removed from the queue: %s", ", ".join(queued))
     if running:
-        subprocess.run(["dvc", "queue", "kill", *running], cwd=cwd, capture_output=True, text=True)
+        subprocess.run([dvc_command(), "queue", "kill", *running], cwd=cwd, capture_output=True, text=True)
         log.info("interrupted: %s", ", ".join(running))
     deadline = time.monotonic() + grace
     while running and time.monotonic() < deadline:
@@ -260,7 +283,7 @@ def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:
         states, _ = queue_state(cwd)
         running = [n for n in running if states.get(n) == "Running"]
     if running:
-        subprocess.run(["dvc", "queue", "kill", "--force", *running], cwd=cwd, capture_output=True, text=True)
+        subprocess.run([dvc_command(), "queue", "kill", "--force", *running], cwd=cwd, capture_output=True, text=True)
         log.warning("killed (did not stop within %.0f s): %s", grace, ", ".join(running))
 
 
@@ -313,9 +336,24 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
 
-        def done(name: str, status: str) -> None:
+        by_name = {point.name: point for point in points}
+        snapshot = workspace_state(cwd)
+        retrained: set[str] = set()
+
+        def done(name: str, status: str) -> str | None:
+            if status == "Success" and never_trained(store, runs[name]):
+                if name not in retrained and workspace_state(cwd) == snapshot:
+                    retrained.add(name)
+                    retrain(by_name[name], cwd)
+                    return AGAIN
+                status = "Failed"
+                why = ("with its training forced, DVC skipped it again (see dvc queue logs " + name + ")"
+                       if name in retrained else "the workspace has changed since the sweep queued its points")
+                log.error("%s: DVC skipped its training as up to date (same params, code and data as the "
+                          "workspace's dvc.lock) and it was not re-run: %s; it counts as failed", name, why)
             end_unstarted(store, runs[name])  # a point that failed before training never took up its run
             log.info("%s: %s (MLflow run %s)", name, status, runs[name])
+            return status
 
         def progress(name: str) -> Progress:
             done_epochs, val = point_progress(store, runs[name])
@@ -332,7 +370,7 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
 
 def pushed_commit(cwd: Path) -> str:
     """The commit a team sweep runs on: HEAD, with no uncommitted changes, and on the git remote origin."""
-    from l2lab.team.worker import check_clone, git
+    from l2lab.team.worker import check_clone
 
     check_clone(cwd, "team workers run the sweep's commit, not your workspace: commit (and push) first")
     commit = git("rev-parse", "HEAD", cwd=cwd)

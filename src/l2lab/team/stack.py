@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from l2lab.errors import L2labError
-from l2lab.sweep import checked
+from l2lab.commands import checked
 
 log = logging.getLogger(__name__)
 

@@ -19,32 +19,16 @@ from pathlib import Path
 from mlflow.entities import RunStatus, RunTag
 
 from l2lab.errors import L2labError
-from l2lab.sweep import checked
+from l2lab.commands import RETRAIN, dvc, dvc_command, git, set_args
 from l2lab.team import queue
 from l2lab.tracking.runs import PARENT_TAG, RESERVED, quote
 from l2lab.tracking.store import Store, connect, search_runs, tracking_uri
-from l2lab.tracking.sweeps import end_unstarted, reserve
+from l2lab.tracking.sweeps import end_unstarted, never_trained, reserve
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
 PUSH_TRIES = 3
-
-
-def git(*args: str, cwd: Path) -> str:
-    """A git command's output; raise with its own message when it fails."""
-    return checked(["git", *args], f"git {' '.join(args)}", cwd).stdout.strip()
-
-
-def dvc_command() -> str:
-    """The dvc beside this Python (the project's venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dvc"
-    return str(beside) if beside.exists() else "dvc"
-
-
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The venv's dvc command; raise with its own message when it fails."""
-    return checked([dvc_command(), *args], f"dvc {' '.join(args)}", cwd)
 
 
 def check_clone(clone: Path, dirty: str = "a worker checks out each sweep's commit: run it in a clone of its own"
@@ -140,14 +124,20 @@ def run_point(task: queue.Task, clone: Path) -> bool:
             # An earlier try of this point in this clone (stopped, never pushed) holds its name.
             if subprocess.run([dvc_command(), "exp", "remove", task.point], cwd=clone, capture_output=True).returncode == 0:
                 log.info("%s: removed this clone's experiment of an earlier try", task.point)
-            sets = [arg for key, v in task.sets.items() for arg in ("-S", f"{key}={v}")]
-            status, stop = run_guarded([dvc_command(), "exp", "run", "--temp", "-n", task.point, *sets], clone)
-            trained = status == 0
+            command = [dvc_command(), "exp", "run", "--temp", "-n", task.point, *set_args(task.sets)]
+            status, stop = run_guarded(command, clone)
+            if status == 0 and stop is None and never_trained(store, run_id):
+                log.warning("%s: DVC found it equal to the commit's dvc.lock (same params, code and data) and skipped "
+                            "its training; running it again with training forced (dvc exp run %s)",
+                            task.point, " ".join(RETRAIN))
+                status, stop = run_guarded([*command[:3], *RETRAIN, *command[3:]], clone)
+            trained = status == 0 and not never_trained(store, run_id)
             if trained:
                 push(clone, task.point)
                 value = finished_value(store, parent_id, task.point)
             else:
-                log.error("%s: dvc exp run exited %d", task.point, status)
+                log.error("%s: %s", task.point, f"dvc exp run exited {status}" if status else
+                          "DVC skipped its training again, with training forced")
                 end_unstarted(store, run_id)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside the training (checkout, pull, push)
         stop = exc

@@ -64,9 +64,14 @@ def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str) -> str:
     return run_id
 
 
+def never_trained(store: Store, run_id: str) -> bool:
+    """Whether a point's reserved run is still waiting: no train stage took it up."""
+    return store.client.get_run(run_id).info.status == RESERVED
+
+
 def end_unstarted(store: Store, run_id: str) -> None:
     """End a reserved run FAILED if its point finished without taking it up (it failed before training)."""
-    if store.client.get_run(run_id).info.status == RESERVED:
+    if never_trained(store, run_id):
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
 
 
