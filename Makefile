@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,$(TF)]'
 	touch $@
 
-# Team mode's extras (README, "Team mode"): optuna, psycopg2, dvc-s3, SeaweedFS, then the
+# Team mode's extras (docs/team.md): optuna, psycopg2, dvc-s3, SeaweedFS, then the
 # boto3 that matches the botocore dvc-s3 brought.
 TEAM_STAMP := $(VENV)/.installed-team
 install-team: $(TEAM_STAMP)
@@ -38,9 +38,10 @@ test: $(STAMP)
 test-all: $(TEAM_STAMP)
 	$(RUN) python -m pytest -m ""
 
-# The team-mode end-to-end test: starts PostgreSQL, S3 and mlflow server on loopback (a few minutes).
+# Team mode with its extras: the server-free units, then the end-to-end test, which starts
+# PostgreSQL, S3 and mlflow server on loopback (a few minutes).
 test-team: $(TEAM_STAMP)
-	$(RUN) python -m pytest -m team
+	$(RUN) python -m pytest -m "" tests/test_team_units.py tests/test_team_e2e.py
 
 # A local team stack on loopback for trying team mode; its data under .team/ (removed by team-down).
 team-up: $(TEAM_STAMP)
@@ -64,7 +65,7 @@ exps: $(STAMP)
 demo: $(STAMP)
 	$(RUN) python -m l2lab.demo
 
-# The MLflow UI for this repo's runs, on loopback only (see README to expose it safely).
+# The MLflow UI for this repo's runs, on loopback only (docs/sweeps.md says how to share it safely).
 UI_PORT ?= 5000
 ui: $(STAMP)
 	$(RUN) l2lab ui --port $(UI_PORT)

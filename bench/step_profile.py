@@ -95,7 +95,7 @@ def run_variant(name: str, images: int, epochs: int) -> list[float]:
     else:
         fitmod.make_deterministic(train.seed)
     data, val = fitmod.input_pipelines(train, (x, y), (xv, yv))
-    model = build_model(train.l1, train.l2, train.seed)
+    model = build_model(train)
     train_ds, val_ds = data.dataset, val.dataset
     if name == "host_gather":
         train_ds, val_ds = host_gather(x, y, train.seed, epochs), host_gather(xv, yv, None, 1)
@@ -144,7 +144,7 @@ def tf_op_profile(images: int, one_op_at_a_time: bool = False) -> list[tuple[str
     sys.path.insert(0, str(REPO / "src"))
     import numpy as np
 
-    from l2lab.noise import quiet_tensorflow
+    from l2lab.imports import quiet_tensorflow
 
     quiet_tensorflow()
     import keras

@@ -111,7 +111,7 @@ def seed_side(epochs: int, images: int | None) -> dict:
 def ours_side(epochs: int, images: int | None, precision: str = "float32") -> dict:
     """l2lab's training loop (fit.fit) on uint8 splits."""
     sys.path.insert(0, str(REPO / "src"))
-    from l2lab.noise import quiet_tensorflow
+    from l2lab.imports import quiet_tensorflow
     from l2lab.params import load_params, parse_params
 
     quiet_tensorflow()  # as the train stage imports it (l2lab.imports)
@@ -203,8 +203,9 @@ def train_flops_per_image() -> float:
     """
     sys.path.insert(0, str(REPO / "src"))
     from l2lab.model import build_model
+    from l2lab.params import load_params
 
-    model = build_model(0.0, 0.0, seed=0)
+    model = build_model(load_params(REPO / "params.yaml").train)  # the penalty and the seed change no FLOP
     forward, first = 0.0, None
     for layer in model.layers:
         if not hasattr(layer, "kernel"):

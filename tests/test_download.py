@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from l2lab.download import DownloadError, Retry, fetch, local_path
+from l2lab.stages.download import DownloadError, Retry, fetch, local_path
 from loopback import LoopbackServer, Route, free_port
 
 BODY = bytes(range(256)) * 4096  # 1 MiB of known bytes

@@ -11,12 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from l2lab.tracking.runs import Run
 from l2lab.tracking.store import MlflowBusyError, connect, retrying
-from l2lab.preprocess import preprocess
+from l2lab.stages.preprocess import preprocess
 from project import REPO, clone_project, env, run, set_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
@@ -90,6 +91,48 @@ def test_busy_database_is_retried_not_fatal(tmp_path: Path, monkeypatch: pytest.
     release.join()
     blocker.close()
     assert store.client.get_run(run_id).data.metrics["test_accuracy"] == 0.5
+
+
+HOLD_LOCKED = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], timeout=0)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.rollback()
+"""
+
+
+@pytest.mark.parametrize("held_for", [3.0, 60.0])
+def test_a_locked_database_is_waited_for_then_called_busy_never_broken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, held_for: float) -> None:
+    """Another process holds mlflow.db under BEGIN EXCLUSIVE: the stage waits (one line), then either goes on or
+    says the file is busy and who holds it; it never advises moving a busy database aside."""
+    import l2lab.tracking.store as store_module
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    connect(tmp_path)
+    before = (tmp_path / "mlflow.db").read_bytes()
+    monkeypatch.setattr(store_module, "BUSY_WAIT_SECONDS", 8.0)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCKED, str(tmp_path / "mlflow.db"), str(held_for)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        if held_for < 8.0:
+            store = connect(tmp_path)  # waits, then goes on
+            assert store.client.get_experiment(store.experiment_id).name == "cifar10-l2"
+        else:
+            with pytest.raises(MlflowBusyError) as caught:
+                connect(tmp_path)
+            message = str(caught.value)
+            assert message.startswith(f"{tmp_path / 'mlflow.db'} is busy: another process has held it locked for 8 s")
+            assert f"pid {holder.pid} (python" in message and "move it aside" not in message
+    finally:
+        holder.kill()
+        holder.wait()
+    waiting = [r.message for r in caplog.records if "locked by another process" in r.message]
+    assert len(waiting) == 1 and f"held open by pid {holder.pid}" in waiting[0]
+    assert (tmp_path / "mlflow.db").read_bytes() == before or held_for < 8.0  # a busy file is never touched
 
 
 def test_retrying_gives_up_on_other_errors_at_once() -> None:
@@ -209,7 +252,7 @@ def test_a_full_disk_while_logging_the_model_is_one_line_and_leaves_nothing_half
 
 STOPPED_WHILE_TRACING = r"""
 import os, signal, sys, time
-from l2lab.stages import run_stage
+from l2lab.process import run_stage
 from l2lab.tracking.runs import ending
 from l2lab.tracking.store import connect
 
@@ -243,3 +286,39 @@ def test_a_stop_signal_a_library_swallows_still_ends_the_run_killed_in_one_line(
     assert line in proc.stderr and "Traceback" not in proc.stderr and "TypeError" not in proc.stderr
     run_id = proc.stdout.split()[0]
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "KILLED"
+
+
+def _float64_images(path: Path) -> None:
+    with np.load(path) as f:
+        x, y = f["x"], f["y"]
+    np.savez(path, x=x.astype(np.float64), y=y)
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _grey_28x28(path: Path) -> None:
+    with np.load(path) as f:
+        y = f["y"]
+    np.savez(path, x=np.zeros((len(y), 28, 28, 1), np.uint8), y=y)
+
+
+@pytest.mark.parametrize(("spoil", "says"), [
+    (_float64_images, "x must be uint8 images of shape (N, 32, 32, 3), got float64 (250, 32, 32, 3)"),
+    (_truncated, "is not a readable split file (BadZipFile: "),
+    (_grey_28x28, "x must be uint8 images of shape (N, 32, 32, 3), got uint8 (250, 28, 28, 1)"),
+])
+def test_a_split_file_of_the_wrong_kind_stops_training_in_one_line(prepared: Path, spoil, says: str) -> None:
+    spoil(prepared / "data" / "train.npz")
+    proc = subprocess.run(train_command(prepared), cwd=prepared, capture_output=True, text=True,
+                          env=env(PYTHONPATH=str(REPO / "src"), DVC_ROOT=str(prepared)), timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert f"error: {prepared / 'data' / 'train.npz'}" in line and says in line, line
+    assert line.endswith("restore it with `dvc checkout`, or write it again with `dvc repro -f preprocess`")
+    assert "Traceback" not in proc.stderr
+    assert not (prepared / "models").exists()  # nothing trained, nothing written
+    runs = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}").search_runs(["1"]) if (prepared / "mlflow.db").exists() else []
+    assert runs == []  # refused before a run was started

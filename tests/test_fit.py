@@ -144,7 +144,8 @@ def test_mixed_float16_trains_with_loss_scaling_and_float32_outputs() -> None:
 
     from l2lab.devices import prepare_device
 
-    assert prepare_device() == "CPU"  # no GPU here: the run's l2lab.device tag says so
+    device, gpus = prepare_device(), tf.config.list_physical_devices("GPU")  # the device TensorFlow trains on
+    assert (device.name, device.label) == ("/CPU:0", "CPU") if not gpus else device.label.startswith("GPU:0 (")
     train = TrainParams(**{**TRAIN, "epochs": 1, "precision": "mixed_float16"})
     x, y = learnable(128, seed=1)
     data, val = input_pipelines(train, (x, y), (x[:64], y[:64]))
@@ -182,7 +183,7 @@ def host_gather_fit(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],
     val = host_batches(*val_xy, fit_module.VAL_BATCH, None, 1)
     steps = -(-len(train_xy[0]) // train.batch_size)
     fit_module.make_deterministic(train.seed)
-    network = compile_model(train, steps_per_execution(steps), build_model(train.l1, train.l2, train.seed))
+    network = compile_model(train, steps_per_execution(steps), build_model(train))
     history = network.fit(data, steps_per_epoch=steps, validation_data=val, epochs=train.epochs, shuffle=False,
                           verbose=0)
     return history.history, [w.numpy() for w in network.weights]

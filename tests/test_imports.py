@@ -16,14 +16,16 @@ PROBE = r"""
 import json, sys
 import numpy as np
 from l2lab.imports import OPTIONAL_AT_IMPORT
-from l2lab.noise import quiet_tensorflow
+from l2lab.imports import quiet_tensorflow
 
 quiet_tensorflow()
 import keras
 from l2lab.model import build_model
+from l2lab.params import TrainParams
 
 loaded_after_import = sorted(name for name in OPTIONAL_AT_IMPORT if name in sys.modules)
-model = build_model(0.0, 1e-3, seed=0)
+model = build_model(TrainParams(seed=0, l2=1e-3, l1=0.0, weight_decay=0.0, learning_rate=1e-3, batch_size=32,
+                                epochs=1, precision="float32"))
 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 x = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
 model.fit(x, np.arange(64) % 10, batch_size=32, epochs=1, verbose=0)

@@ -6,16 +6,20 @@ import keras
 import numpy as np
 import pytest
 
-from l2lab.model import PARAM_COUNT, build_model, build_optimizer, kernel_regularizer
+from l2lab.model import build_model, build_optimizer, kernel_regularizer
 from l2lab.norms import kernels
 from l2lab.params import TrainParams
 
 TRAIN = dict(seed=0, l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=1, precision="float32")
 
 
+def network(l1: float, l2: float, seed: int) -> keras.Model:
+    return build_model(TrainParams(**{**TRAIN, "l1": l1, "l2": l2, "seed": seed}))
+
+
 def test_architecture_and_parameter_count() -> None:
-    model = build_model(l1=0.0, l2=0.001, seed=0)
-    assert model.count_params() == PARAM_COUNT == 315_722
+    model = network(0.0, 0.001, 0)
+    assert model.count_params() == 315_722  # the seed article's architecture
     assert model.input.dtype == "uint8" and tuple(model.input.shape) == (None, 32, 32, 3)
     shapes = {layer.name: tuple(layer.output.shape) for layer in model.layers}
     assert shapes["conv1"] == (None, 30, 30, 32) and shapes["pool1"] == (None, 15, 15, 32)
@@ -25,7 +29,7 @@ def test_architecture_and_parameter_count() -> None:
 
 
 def test_raw_uint8_images_give_probabilities() -> None:
-    model = build_model(l1=0.0, l2=0.0, seed=0)
+    model = network(0.0, 0.0, 0)
     x = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
     probs = np.asarray(model(x))
     assert probs.shape == (4, 10)
@@ -34,7 +38,7 @@ def test_raw_uint8_images_give_probabilities() -> None:
 
 @pytest.mark.parametrize(("l1", "l2"), [(0.0, 0.001), (0.0005, 0.0), (0.0002, 0.003)])
 def test_penalty_is_lambda_times_kernel_sums_biases_excluded(l1: float, l2: float) -> None:
-    model = build_model(l1=l1, l2=l2, seed=1)
+    model = network(l1, l2, 1)
     for layer in model.layers:  # give the biases weight: they must still not count
         if hasattr(layer, "bias") and layer.bias is not None:
             layer.bias.assign(np.full(layer.bias.shape, 3.0, dtype=np.float32))
@@ -47,12 +51,12 @@ def test_penalty_is_lambda_times_kernel_sums_biases_excluded(l1: float, l2: floa
 
 def test_no_regularizer_when_both_lambdas_are_zero() -> None:
     assert kernel_regularizer(0.0, 0.0) is None
-    assert build_model(l1=0.0, l2=0.0, seed=0).losses == []
+    assert network(0.0, 0.0, 0).losses == []
 
 
 def test_same_seed_same_initial_weights() -> None:
-    a, b = build_model(0.0, 0.001, seed=5), build_model(0.0, 0.001, seed=5)
-    c = build_model(0.0, 0.001, seed=6)
+    a, b = network(0.0, 0.001, 5), network(0.0, 0.001, 5)
+    c = network(0.0, 0.001, 6)
     assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
     assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
 
@@ -61,7 +65,7 @@ def test_weight_decay_uses_adamw_and_spares_biases() -> None:
     assert type(build_optimizer(TrainParams(**TRAIN))) is keras.optimizers.Adam
     decayed = build_optimizer(TrainParams(**{**TRAIN, "weight_decay": 0.01}))
     assert isinstance(decayed, keras.optimizers.AdamW) and decayed.weight_decay == pytest.approx(0.01)
-    model = build_model(0.0, 0.0, seed=0)
+    model = network(0.0, 0.0, 0)
     decayed.build(model.trainable_variables)
     spared = {v.path for v in model.trainable_variables if not decayed._use_weight_decay(v)}
     assert spared and all(path.endswith("bias") for path in spared)

@@ -9,7 +9,7 @@ import pytest
 
 from l2lab.norms import sparsity, weight_norms
 from l2lab.params import flatten
-from l2lab.scores import evaluate
+from l2lab.scores import score
 
 KS = {"a": np.array([[3.0, 4.0]]), "b": np.array([0.0, 1e-4, -2e-3, 12.0])}
 
@@ -53,7 +53,7 @@ def test_scores_against_hand_counts() -> None:
     val_probs = np.eye(4)[[3, 3, 3]] * 0.6 + 0.1
     y_val = np.array([3, 0, 0])  # 1/3
     splits = {"train": (np.zeros((5, 1)), y_train), "val": (np.zeros((3, 1)), y_val), "test": (np.zeros((6, 1)), y_test)}
-    result = evaluate(Fixed({5: train_probs, 3: val_probs, 6: probs}), splits, classes)
+    result = score(Fixed({5: train_probs, 3: val_probs, 6: probs}), splits, classes)
     m = result.metrics
     assert m["test_accuracy"] == pytest.approx(4 / 6) and m["train_accuracy"] == pytest.approx(4 / 5)
     assert m["val_accuracy"] == pytest.approx(1 / 3)

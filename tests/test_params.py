@@ -49,8 +49,9 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("train.batch_size", 0, "train.batch_size: Input should be greater than or equal to 1"),
         ("train.batch_size", -64, "train.batch_size: Input should be greater than or equal to 1"),
         ("train.learning_rate", 0, "train.learning_rate: Input should be greater than 0"),
-        ("data.val_size", 0, "data.val_size: Input should be greater than or equal to 1 (got 0)"),
-        ("data.val_size", 50_000, "data.val_size: Input should be less than or equal to 49999 (got 50000)"),
+        ("data.val_size", 0, "data.val_size: Input should be greater than or equal to 10 (got 0)"),
+        ("data.val_size", 9, "data.val_size: Input should be greater than or equal to 10 (got 9)"),  # one per class
+        ("data.val_size", 49_999, "data.val_size: Input should be less than or equal to 49990 (got 49999)"),
         ("data.url", "ftp://example.org/x.tgz", "data.url: scheme 'ftp' is not allowed"),
         ("data.url", "", "data.url: must not be empty"),
         ("data.sha256", "abc123", "data.sha256: must be 64 hex digits"),
@@ -59,7 +60,10 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("train.seed", "42", "train.seed: Input should be a valid integer (got '42')"),
         ("train.seed", -1, "train.seed: Input should be greater than or equal to 0 (got -1)"),
         ("data.split_seed", 1.5, "data.split_seed: Input should be a valid integer (got 1.5)"),
-        ("data.train_size", 0, "data.train_size: Input should be greater than or equal to 1 (got 0)"),
+        ("data.train_size", 0, "data.train_size: Input should be greater than or equal to 10 (got 0)"),
+        ("data.train_size", 5, "data.train_size: Input should be greater than or equal to 10 (got 5)"),
+        ("data.train_size", 45_001, "data.train_size: is more than the 45000 training images that data.val_size = "
+                                    "5000 leaves of CIFAR-10's 50000 (got 45001)"),
         ("data.train_size", "5000", "data.train_size: Input should be a valid integer (got '5000')"),
         ("seed", 42, "seed: unknown key"),  # the old top-level seed is now data.split_seed and train.seed
         ("train.precision", "float16", "train.precision: Input should be 'float32', 'mixed_bfloat16' or 'mixed_float16'"),
@@ -103,3 +107,35 @@ def test_params_are_frozen(raw: dict) -> None:
     with pytest.raises(ValidationError, match="frozen_instance"):
         params.train.l2 = 1.0  # type: ignore[misc]
     assert params.train.l2 == 0.001
+
+
+LAUGHS = "\n".join(['    a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+                   + [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)])
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("where", ["train.l2", "train.extra"])
+def test_a_billion_laughs_params_file_is_one_line_in_bounded_memory(tmp_path: Path, where: str) -> None:
+    """Nested YAML anchors: a 1 kB file that stands for 10^9 values. Under train.l2 the error message's
+    formatting of the value took 4.5 GB and a MemoryError traceback; the stage runs under a 1 GiB cap."""
+    import resource
+    import subprocess
+    import sys
+
+    key = where.split(".")[1]
+    text = (REPO / "params.yaml").read_text()
+    text = text.replace("  l2: 0.001", f"  {key}:\n{LAUGHS}" + ("\n  l2: 0.001" if key != "l2" else ""))
+    (tmp_path / "params.yaml").write_text(text)
+    assert len(text) < 5_000
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "l2lab.stages.download", "--out", str(tmp_path / "a.tar.gz")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, preexec_fn=cap,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.endswith(f"error: params.yaml: expands to more than 10000 values under {where}"
+                         " (YAML anchors and aliases?); a params file holds plain values"), line
+    assert not (tmp_path / "a.tar.gz").exists()

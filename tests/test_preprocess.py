@@ -14,7 +14,7 @@ import pytest
 from l2lab.archive import MAX_MEMBER_BYTES, ArchiveError, UnsafePickleError, load_pickle, read_batches
 from l2lab.data import load_split, stratified_split
 from l2lab.errors import L2labError
-from l2lab.preprocess import preprocess
+from l2lab.stages.preprocess import preprocess
 from l2lab.synthetic import CLASSES, batch_payload, cifar_members, py2_pickle, write_tar_gz
 from conftest import PER_BATCH, TEST_SIZE
 

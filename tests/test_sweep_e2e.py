@@ -54,7 +54,7 @@ def test_plain_dvc_queue_runs_each_point_once_with_its_own_code(project: Path) -
     assert not (project / "mlflow.db").exists()
     run(project, "dvc", "exp", "run", "--queue", "-S", "train.l2=0,0.01")
     # Break the workspace code after queueing: the queued experiments must not see it.
-    train_py = project / "src" / "l2lab" / "train.py"
+    train_py = project / "src" / "l2lab" / "stages" / "train.py"
     train_py.write_text('raise SystemExit("the workspace code ran, not the queued commit")\n' + train_py.read_text())
     subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
@@ -126,7 +126,8 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     assert len({r.data.tags["data.val.sha256"] for r in good.values()}) == 1
     assert len({r.data.tags["data.train.sha256"] for r in good.values()}) == 1
     assert len({r.data.metrics["weight_norm.total"] for r in good.values()}) == 2  # yet different models
-    assert {r.data.tags["l2lab.device"] for r in good.values()} == {"CPU"}  # where each trained
+    (device,) = {r.data.tags["l2lab.device"] for r in good.values()}  # where each trained: one machine's device
+    assert device == "CPU" or device.startswith("GPU:0 (")
     # Best validation accuracy; on the few validation images here ties happen, and go to lower val_loss.
     best = max(good.values(), key=lambda r: (r.data.metrics["val_accuracy"], -r.data.metrics["val_loss"]))
     champion = c.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS)

@@ -10,8 +10,10 @@ import pytest
 
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError
-from l2lab.report import choose_champion, markdown, plot_axis, sweep_table
-from l2lab.sweep import AGAIN, STALLED_POLLS, grid, parse_sets, parse_values, queue_state, validate, wait
+from l2lab.sweeps.report import choose_champion, markdown, plot_axis, sweep_table
+from l2lab.sweeps.dvcqueue import queue_state
+from l2lab.sweeps.follow import AGAIN, STALLED_POLLS, wait
+from l2lab.sweeps.grid import grid, parse_sets, parse_values, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ def test_markdown_table() -> None:
 
 
 def test_a_running_point_is_alive_even_when_dvc_reports_no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
     points = grid("sw", {"train.l2": ["0", "1"]}, {})
     # DVC issues #10427/#8614: 0 workers while tasks run. Longer than STALLED_POLLS, then both finish.
     states = [({"l2=0_sw": "Running", "l2=1_sw": "Queued"}, 0)] * 20 + [({"l2=0_sw": "Success", "l2=1_sw": "Failed"}, 0)]
@@ -95,7 +97,7 @@ def test_a_running_point_is_alive_even_when_dvc_reports_no_workers(monkeypatch: 
 
 
 def test_a_point_queued_again_is_followed_to_its_second_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
     points = grid("sw", {"train.l2": ["0", "1"]}, {})
     states = [({"l2=0_sw": "Success", "l2=1_sw": "Running"}, 1), ({"l2=0_sw": "Queued", "l2=1_sw": "Success"}, 1),
               ({"l2=0_sw": "Running", "l2=1_sw": "Success"}, 1), ({"l2=0_sw": "Success", "l2=1_sw": "Success"}, 0)]
@@ -112,7 +114,7 @@ def test_a_point_queued_again_is_followed_to_its_second_end(monkeypatch: pytest.
 
 @pytest.mark.fault
 def test_a_queue_with_nothing_running_and_no_workers_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
     points = grid("sw", {"train.l2": ["0", "1"]}, {})
     polls = []
 
@@ -139,9 +141,8 @@ def test_plot_axis_is_the_recorded_penalty_not_the_seeds() -> None:
     assert plot_axis({"train.weight_decay": [0, 1e-3]}) == "train.weight_decay"
 
 
-@pytest.mark.fault
 def test_jobs_are_clamped_to_points_and_cores(caplog: pytest.LogCaptureFixture) -> None:
-    from l2lab.sweep import worker_count
+    from l2lab.sweeps.dvcqueue import worker_count
 
     assert worker_count(1000, points=5, cores=2) == 2
     assert "--jobs 1000: starting 2 worker(s) (5 point(s), 2 core(s))" in caplog.text
@@ -150,7 +151,7 @@ def test_jobs_are_clamped_to_points_and_cores(caplog: pytest.LogCaptureFixture) 
 
 
 def test_progress_line_shows_each_running_point_and_the_time_left() -> None:
-    from l2lab.sweep import Progress, progress_line
+    from l2lab.sweeps.follow import Progress, progress_line
 
     line = progress_line(1, 4, 0, {"l2=0.01_sw": Progress(5, 10, 0.6123)}, elapsed=300.0)
     # 1.45 points done in 300 s (a running point's epochs count for 90% of it): 2.55 left take 528 s
@@ -161,10 +162,10 @@ def test_progress_line_shows_each_running_point_and_the_time_left() -> None:
 
 def test_a_sweep_reports_running_epochs_while_nothing_finishes(monkeypatch: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    from l2lab.sweep import Progress
+    from l2lab.sweeps.follow import Progress
 
-    monkeypatch.setattr("l2lab.sweep.POLL_SECONDS", 0.0)
-    monkeypatch.setattr("l2lab.sweep.PROGRESS_SECONDS", 0.0)  # every poll counts as 30 s later
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
+    monkeypatch.setattr("l2lab.sweeps.follow.PROGRESS_SECONDS", 0.0)  # every poll counts as 30 s later
     points = grid("sw", {"train.l2": ["0"]}, {})
     states = [({"l2=0_sw": "Running"}, 1)] * 3 + [({"l2=0_sw": "Success"}, 1)]
     epochs = iter([1, 2, 3])
@@ -176,7 +177,7 @@ def test_a_sweep_reports_running_epochs_while_nothing_finishes(monkeypatch: pyte
 
 
 def test_summary_is_mean_and_sample_std_over_seeds() -> None:
-    from l2lab.report import summary_markdown, summary_table
+    from l2lab.sweeps.report import summary_markdown, summary_table
 
     table = sweep_table([
         run("a1", 0.0, val=0.60, test=0.5, seed=1), run("a2", 0.0, val=0.64, test=0.7, seed=2),
@@ -193,7 +194,7 @@ def test_summary_is_mean_and_sample_std_over_seeds() -> None:
 
 
 def test_the_report_says_when_the_champion_is_within_noise() -> None:
-    from l2lab.report import noise_line, summary_table
+    from l2lab.sweeps.report import noise_line, summary_table
 
     close = summary_table(sweep_table([
         run("a1", 0.0, val=0.60, test=0.5, seed=1), run("a2", 0.0, val=0.66, test=0.5, seed=2),
@@ -212,7 +213,7 @@ def test_the_report_says_when_the_champion_is_within_noise() -> None:
 
 def test_weight_distribution_figure_draws_every_layer_and_value(tmp_path: Path) -> None:
     from l2lab.norms import ABS_EDGES
-    from l2lab.plots import save_figure, weight_distribution_figure
+    from l2lab.sweeps.figures import save_figure, weight_distribution_figure
 
     def rows(zeros: int) -> pd.DataFrame:
         return pd.DataFrame([{"layer": layer, "bin_low": lo, "bin_high": hi, "count": zeros if lo == 0 else 5}
@@ -243,7 +244,7 @@ def test_versus_adamw_pairs_each_lambda_with_its_matched_decay() -> None:
 
 
 def test_versus_report_groups_by_penalty_and_matched_strength(tmp_path: Path) -> None:
-    from l2lab.report import noise_line, summary_markdown, summary_table, versus_columns, write_files
+    from l2lab.sweeps.report import noise_line, summary_markdown, summary_table, versus_columns, write_files
 
     def adamw(name: str, decay: float, val: float, seed: int) -> dict:
         r = run(name, 0.0, val=val, test=0.5, seed=seed)
@@ -273,7 +274,7 @@ def test_versus_report_groups_by_penalty_and_matched_strength(tmp_path: Path) ->
 
 def test_zero_share_is_the_first_bin_over_all_layers() -> None:
     from l2lab.norms import ABS_EDGES
-    from l2lab.report import zero_share
+    from l2lab.sweeps.report import zero_share
 
     rows = pd.DataFrame([{"layer": layer, "bin_low": lo, "bin_high": hi, "count": (30 if lo == 0 else 1)}
                          for layer in ("a", "b") for lo, hi in zip(ABS_EDGES[:-1], ABS_EDGES[1:])])
@@ -287,3 +288,28 @@ def test_versus_adamw_needs_l2_and_no_weight_decay(argv: list[str]) -> None:
 
     with pytest.raises(L2labError, match="--versus-adamw pairs each --l2 lambda with its matched weight decay"):
         sweep_command(parser().parse_args(["sweep", *argv]))
+
+
+@pytest.mark.fault
+def test_a_sweep_whose_every_point_failed_reports_them_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`l2lab sweep --l2 0.2,0.3 -S data.train_size=5`: every point failed in preprocess, before training,
+    so no run has params; the report said KeyError: 'train.l2'."""
+    from l2lab.sweeps.grid import Sweep
+    from l2lab.sweeps.report import make_report
+    from l2lab.tracking.store import connect
+    from l2lab.tracking.sweeps import end_unstarted, reserve, sweep_parent
+
+    monkeypatch.chdir(tmp_path)
+    store = connect(tmp_path)
+    points = grid("sw", {"train.l2": ["0.2", "0.3"]}, {"data.train_size": "5"})
+    with sweep_parent(store, "sw", {"train.l2": ["0.2", "0.3"]}, {"data.train_size": "5"}) as parent:
+        for point in points:
+            end_unstarted(store, reserve(store, parent.run_id, "sw", point.name, point.sets))
+        parent.failed = True
+    report = make_report(Sweep("sw", parent.run_id), tmp_path / "reports")
+    assert report.champion is None
+    assert sorted(report.table["train.l2"]) == [0.2, 0.3] and set(report.table["status"]) == {"FAILED"}
+    text = (report.folder / "table.md").read_text()
+    assert "No finished run: no champion." in text and "l2=0.2_sw" in text
+    assert not list(report.folder.glob("*.png"))  # nothing finished, nothing drawn

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.team  # `make test-team`, with the team extras installed
+# No servers: `make test` runs these where the team extras are installed, `make test-team` always.
 pytest.importorskip("optuna", reason="team extras not installed (make install-team)")
 
 from l2lab.errors import L2labError  # noqa: E402
@@ -25,7 +25,8 @@ def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_each_point_is_taken_once_and_its_state_follows_its_latest_trial(storage) -> None:
-    study = queue.enqueue(storage, "sw1", [("a_sw1", {"train.l2": "0"}), ("b_sw1", {"train.l2": "1"})],
+    study = queue.enqueue(queue.new_study(storage, "sw1"), "sw1",
+                          [("a_sw1", {"train.l2": "0"}), ("b_sw1", {"train.l2": "1"})],
                           {"commit": "c0ffee", "parent_run_id": "p"})
     (found,) = queue.sweeps(storage)
     assert found.study_name == "sw1" and found.user_attrs["commit"] == "c0ffee"
@@ -40,7 +41,8 @@ def test_each_point_is_taken_once_and_its_state_follows_its_latest_trial(storage
 
 
 def test_a_point_whose_heartbeat_stops_is_retried_by_the_next_taker(storage) -> None:
-    study = queue.enqueue(storage, "sw2", [("a_sw2", {"train.l2": "0"})], {"commit": "c", "parent_run_id": "p"})
+    study = queue.enqueue(queue.new_study(storage, "sw2"), "sw2", [("a_sw2", {"train.l2": "0"})],
+                          {"commit": "c", "parent_run_id": "p"})
     dead = queue.take(storage, study)  # its worker dies: no more heartbeats
     assert queue.trials_running([study]) == 1
     time.sleep(2.5)  # past the grace period (1 s here)
@@ -54,7 +56,8 @@ def test_a_point_whose_heartbeat_stops_is_retried_by_the_next_taker(storage) -> 
 
 def test_a_heartbeat_keeps_a_slow_point_its_workers(storage, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue, "HEARTBEAT_SECONDS", 0.2)
-    study = queue.enqueue(storage, "sw3", [("a_sw3", {}), ("b_sw3", {})], {"commit": "c", "parent_run_id": "p"})
+    study = queue.enqueue(queue.new_study(storage, "sw3"), "sw3", [("a_sw3", {}), ("b_sw3", {})],
+                          {"commit": "c", "parent_run_id": "p"})
     task = queue.take(storage, study)
     with queue.Heartbeat(task):
         time.sleep(2.5)
@@ -123,8 +126,8 @@ def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -
 
 def test_team_mode_refuses_a_local_store_a_dirty_clone_and_an_unpushed_commit(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from l2lab.sweep import pushed_commit
-    from l2lab.team.worker import check_shared_tracking
+    from l2lab.team.clone import pushed_commit
+    from l2lab.team.clone import check_shared_tracking
     from project import run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -159,7 +162,7 @@ def test_team_mode_refuses_a_local_store_a_dirty_clone_and_an_unpushed_commit(tm
 
 
 def test_a_points_latest_try_is_the_run_its_progress_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from l2lab.team.worker import point_runs, prepare_run
+    from l2lab.tracking.sweeps import point_runs, prepare_run
     from l2lab.tracking.store import connect
     from l2lab.tracking.sweeps import reserve
 
@@ -172,3 +175,20 @@ def test_a_points_latest_try_is_the_run_its_progress_reads(tmp_path: Path, monke
     assert second != first and store.client.get_run(first).info.status == "KILLED"
     assert [r.info.run_id for r in point_runs(store, parent, "l2=0_sw")][0] == second
     assert prepare_run(store, parent, "sw", "l2=0_sw") == second  # a waiting reservation is reused
+
+
+@pytest.mark.fault
+def test_a_study_name_taken_already_is_one_line(storage) -> None:
+    """Two team sweeps started in the same second used to take the same id; a clash that happens all the same
+    is one line, before anything else is created."""
+    queue.new_study(storage, "sw-clash")
+    with pytest.raises(L2labError, match=r"^the sweep storage already holds a study named 'sw-clash': start the "
+                                         r"sweep again \(a new id is drawn each time\)$"):
+        queue.new_study(storage, "sw-clash")
+
+
+def test_sweep_ids_started_in_one_second_differ() -> None:
+    from l2lab.sweeps.grid import new_sweep_id
+
+    ids = {new_sweep_id() for _ in range(10)}  # 24 random bits: a clash in 10 draws is a 1-in-370,000 event
+    assert len(ids) == 10 and all(i.startswith("sweep-") and len(i) == len("sweep-20261201-231500-3f9a1c") for i in ids)

@@ -165,6 +165,20 @@ def post(url: str, payload: dict) -> Reply:
         return Reply(error.code, error.read().decode())
 
 
+def test_editing_report_and_sweep_modules_leaves_train_and_evaluate_up_to_date(trained: Path) -> None:
+    # The deps case end to end (tests/test_stage_deps.py has the static one): DVC itself decides.
+    edited = [trained / "src" / "l2lab" / name for name in ("sweeps/report.py", "sweeps/figures.py", "team/worker.py",
+                                                            "cli.py", "archive.py")]
+    for path in edited:
+        path.write_text(path.read_text() + "\n# an edit\n")
+    try:
+        status = run(trained, "dvc", "status", "train", "evaluate").stdout
+        assert "up to date" in status, status
+        assert "preprocess" in run(trained, "dvc", "status", "preprocess").stdout  # the archive reader is its code
+    finally:
+        run(trained, "git", "checkout", "--", *map(str, edited))
+
+
 def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> None:
     before = json.loads((trained / "reports" / "metrics.json").read_text())
     run(trained, "dvc", "repro", "-f", "train", "evaluate")

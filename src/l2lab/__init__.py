@@ -1,3 +1,3 @@
 """l2lab: a reproducible lab for studying L2 regularization on CIFAR-10."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""Read the CIFAR-10 python archive without trusting it: safe members, restricted pickles."""
+"""Read the CIFAR-10 python archive without trusting it: safe members, restricted pickles, checked batches."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from l2lab.data import NUM_CLASSES
 from l2lab.errors import L2labError
 
 try:  # numpy >= 2
@@ -22,6 +23,7 @@ BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
+SYNTHETIC_MARK = "l2lab synthetic demo data (not CIFAR-10)"  # batches.meta's l2lab_note in demo archives
 # A CIFAR-10 batch pickle is 30,730,000 bytes give or take a few hundred, batches.meta a few
 # hundred: no member of a real archive comes near this, and nothing larger is ever read.
 MAX_MEMBER_BYTES = 64 * 2**20
@@ -121,3 +123,30 @@ def read_batches(archive: Path) -> dict[str, bytes]:
     if missing:
         raise ArchiveError(f"{archive}: not the CIFAR-10 python layout; missing {', '.join(missing)}")
     return found
+
+
+PIXELS = 32 * 32 * 3  # values per image in a batch row: 1024 R, 1024 G, 1024 B
+
+
+def batch_arrays(batch: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels (N,) int64 from one unpickled batch."""
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ArchiveError(f"{name}: 'data' must be a uint8 array of shape (N, {PIXELS}), got {got}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        count = len(labels) if isinstance(labels, (list, np.ndarray)) else type(labels).__name__
+        raise ArchiveError(f"{name}: expected {len(data)} labels, got {count}")
+    y = np.asarray(labels)
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise ArchiveError(f"{name}: labels must be integers in 0..{NUM_CLASSES - 1}")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 3, 32, 32) CHW -> (N, 32, 32, 3) HWC
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def class_names(meta: dict[str, Any]) -> list[str]:
+    """The ten label names from batches.meta."""
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, str) for n in names):
+        raise ArchiveError(f"batches.meta: 'label_names' must be a list of {NUM_CLASSES} names")
+    return names

@@ -8,11 +8,9 @@ import os
 from pathlib import Path
 
 from l2lab.errors import L2labError
-from l2lab.stages import run_stage
+from l2lab.process import run_stage
 
 log = logging.getLogger("l2lab")
-
-GRID_OPTIONS = {"l2": "train.l2", "l1": "train.l1", "weight_decay": "train.weight_decay", "seeds": "train.seed"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", help="comma-separated training seeds (train.seed): every point runs once per "
                        "seed, on the same validation split")
     sweep.add_argument("--jobs", "-j", type=int, default=2,
-                       help="parallel queue workers (default 2: faster than 1 on 2 cores, see README)")
+                       help="parallel queue workers (default 2: faster than 1 on 2 cores, see docs/performance.md)")
     sweep.add_argument("--storage", help="team mode: enqueue the grid for `l2lab worker`s in this Optuna "
                        "database (postgresql+psycopg2://…; default $L2LAB_STORAGE) instead of the local DVC queue")
     sweep.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -49,12 +47,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from l2lab.report import REPORT_DIR, make_report
-    from l2lab.sweep import parse_sets, parse_values, run_sweep, run_team_sweep
+    from l2lab.sweeps.grid import AXES, parse_sets, parse_values
+    from l2lab.sweeps.report import REPORT_DIR, make_report
     from l2lab.team.queue import storage_url
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
-            for opt, key in GRID_OPTIONS.items() if getattr(args, opt)}
+            for opt, key in AXES.items() if getattr(args, opt)}
     if not axes:
         raise L2labError("give at least one grid: --l2, --l1, --weight-decay or --seeds")
     if args.versus_adamw and ("train.l2" not in axes or "train.weight_decay" in axes):
@@ -64,15 +62,18 @@ def sweep_command(args: argparse.Namespace) -> int:
         raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
     storage = storage_url(args.storage)
     if storage:
-        sweep_id, results = run_team_sweep(axes, parse_sets(args.sets), Path.cwd(), storage, args.versus_adamw)
+        from l2lab.team.sweep import run_team_sweep
+
+        sweep = run_team_sweep(axes, parse_sets(args.sets), Path.cwd(), storage, args.versus_adamw)
     else:
-        sweep_id, results = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd(), args.versus_adamw)
-    report = make_report(sweep_id, REPORT_DIR)
-    print_report(report)
-    failed = sorted(name for name, status in results.items() if status != "Success")
+        from l2lab.sweeps.local import run_sweep
+
+        sweep = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd(), args.versus_adamw)
+    print_report(make_report(sweep, REPORT_DIR))
+    failed = sorted(name for name, status in sweep.results.items() if status != "Success")
     if failed:
         where = "the output of the workers that ran them" if storage else "`dvc queue logs <name>`"
-        log.error("error: %d of %d points failed: %s (see %s)", len(failed), len(results), ", ".join(failed), where)
+        log.error("error: %d of %d points failed: %s (see %s)", len(failed), len(sweep.results), ", ".join(failed), where)
         return 1
     return 0
 
@@ -107,9 +108,9 @@ def team_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from l2lab.report import REPORT_DIR, make_report
+    from l2lab.sweeps.report import REPORT_DIR, find_sweep, make_report
 
-    print_report(make_report(args.sweep, args.out or REPORT_DIR))
+    print_report(make_report(find_sweep(args.sweep), args.out or REPORT_DIR))
     return 0
 
 
@@ -124,13 +125,13 @@ def gc(args: argparse.Namespace) -> int:
 
 
 # MLflow 3.17 starts 4 web workers plus a job runner and queue consumers (GenAI scorers,
-# trace roll-ups): on 2 cores under a training load that took minutes to answer. One user
-# browsing runs needs one worker and no jobs.
+# trace roll-ups), which compete with training for the cores. One user browsing runs needs
+# one worker and no jobs (docs/sweeps.md has the timings).
 UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def ui_command(store_uri: str, port: int) -> list[str]:
-    """`mlflow ui` on loopback only (README: how to share it safely), one worker."""
+    """`mlflow ui` on loopback only (docs/sweeps.md: how to share it safely), one worker."""
     return ["mlflow", "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1", "--port", str(port),
             "--workers", "1"]
 
@@ -153,7 +154,7 @@ def ui(args: argparse.Namespace) -> int:
 
 
 def print_report(report) -> None:
-    from l2lab.report import champion_line
+    from l2lab.sweeps.report import champion_line
 
     shown = ["experiment", *report.keys, "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")

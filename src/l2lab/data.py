@@ -1,42 +1,15 @@
-"""CIFAR batches to arrays, the stratified split, and the split files on disk."""
+"""The stratified split, and the split files on disk."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from l2lab.archive import ArchiveError
-
-NUM_CLASSES = 10
-PIXELS = 32 * 32 * 3  # values per image in a batch row: 1024 R, 1024 G, 1024 B
-
-
-def batch_arrays(batch: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) uint8 and labels (N,) int64 from one unpickled batch."""
-    data, labels = batch.get("data"), batch.get("labels")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ArchiveError(f"{name}: 'data' must be a uint8 array of shape (N, {PIXELS}), got {got}")
-    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
-        count = len(labels) if isinstance(labels, (list, np.ndarray)) else type(labels).__name__
-        raise ArchiveError(f"{name}: expected {len(data)} labels, got {count}")
-    y = np.asarray(labels)
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= NUM_CLASSES):
-        raise ArchiveError(f"{name}: labels must be integers in 0..{NUM_CLASSES - 1}")
-    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 3, 32, 32) CHW -> (N, 32, 32, 3) HWC
-    return np.ascontiguousarray(x), y.astype(np.int64)
-
-
-def class_names(meta: dict[str, Any]) -> list[str]:
-    """The ten label names from batches.meta."""
-    names = meta.get("label_names")
-    if not isinstance(names, list) or len(names) != NUM_CLASSES or not all(isinstance(n, str) for n in names):
-        raise ArchiveError(f"batches.meta: 'label_names' must be a list of {NUM_CLASSES} names")
-    return names
-
-
+from l2lab.errors import L2labError
+from l2lab.params import NUM_CLASSES
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val), both sorted; val holds val_size images in each class's proportion.
 
@@ -70,11 +43,47 @@ def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 TENSOR_ALIGNMENT = 64  # bytes: TensorFlow can use a numpy array's memory as a tensor's only at this alignment
 
 
+IMAGE_SHAPE = (32, 32, 3)  # height, width, RGB
+
+
+class SplitError(L2labError):
+    """A split file is missing, unreadable or not what preprocess writes."""
+
+
 def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, 32, 32, 3) uint8 and y (N,) int64 from a split file, each read into 64-byte aligned memory,
-    so that training can use it as a tensor without a copy (fit.host_table)."""
-    with np.load(path, allow_pickle=False) as f:
-        return tuple(_read_aligned(f.zip, name) for name in ("x", "y"))
+    """x (N, 32, 32, 3) uint8 and y (N,) int64 labels in 0..9 from a split file, each read into 64-byte
+    aligned memory, so that training can use it as a tensor without a copy (fit.host_table).
+
+    Anything else (a truncated file, float images, another shape) is one SplitError naming the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = (_read_aligned(f.zip, name) for name in ("x", "y"))
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise SplitError(f"{path} is not a readable split file ({_first_line(exc)}); {SPLIT_FIX}") from None
+    problem = split_problem(x, y)
+    if problem:
+        raise SplitError(f"{path}: {problem}; {SPLIT_FIX}")
+    return x, y
+
+
+SPLIT_FIX = "restore it with `dvc checkout`, or write it again with `dvc repro -f preprocess`"
+
+
+def split_problem(x: np.ndarray, y: np.ndarray) -> str | None:
+    """What makes (x, y) something other than preprocess's output; None when it is that."""
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+        return f"x must be uint8 images of shape (N, 32, 32, 3), got {x.dtype} {x.shape}"
+    if y.dtype != np.int64 or y.shape != (len(x),):
+        return f"y must be {len(x)} int64 labels, got {y.dtype} {y.shape}"
+    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        return f"labels must be in 0..{NUM_CLASSES - 1}, got {y.min()}..{y.max()}"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _read_aligned(archive: Any, name: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from l2lab.commands import dvc_command, set_args
 from l2lab.files import file_sha256
-from l2lab.stages import run_stage
+from l2lab.process import run_stage
 from l2lab.synthetic import write_cifar_archive
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,4 @@
-"""The one exception type stages turn into a one-line error and a non-zero exit, a walk over causes, and
-whether a signal has asked this process to stop."""
+"""The one exception type stages turn into a one-line error and a non-zero exit, and a walk over causes."""
 
 from __future__ import annotations
 
@@ -18,19 +17,3 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
-
-
-_stop: list[int] = []  # the signal that asked this process to stop, once one has
-
-
-def request_stop(signum: int) -> None:
-    """Note that a signal (SIGINT, SIGTERM) asked this process to stop; the first one counts."""
-    if not _stop:
-        _stop.append(signum)
-
-
-def stop_requested() -> int | None:
-    """The signal that asked this process to stop, if one has, whatever exception the interrupt then
-    surfaced as: a library's bare `except:` can swallow the KeyboardInterrupt and fail otherwise
-    (Keras's ops.shape() does, while TensorFlow traces the training step)."""
-    return _stop[0] if _stop else None

@@ -1,13 +1,14 @@
-"""Outputs appear whole or not at all: write to temporary names, then rename."""
+"""Output files: whole or not at all (written to temporary names, then renamed), as JSON or CSV."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 def temp_name(path: Path) -> Path:
@@ -44,3 +45,23 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_rows(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    """A CSV file for `dvc plots`, written atomically."""
+    with atomic_outputs(path) as (tmp,):
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """Per-epoch learning curves, one row per epoch."""
+    keys = list(history)
+    write_rows(path, keys, [list(row) for row in zip(*(history[k] for k in keys))])
+
+
+def write_confusion_pairs(path: Path, y_true: Sequence[int], y_pred: Sequence[int], classes: list[str]) -> None:
+    """One (actual, predicted) row per test image: the input of DVC's confusion template."""
+    write_rows(path, ["actual", "predicted"], [[classes[t], classes[p]] for t, p in zip(y_true, y_pred)])

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2lab.data import TENSOR_ALIGNMENT
+from l2lab.devices import prepare_device
 from l2lab.errors import L2labError
 from l2lab.model import build_model, compile_model
 from l2lab.norms import ABS_EDGES, abs_histogram, abs_quantiles, kernels, weight_norms
@@ -77,7 +78,7 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, device: str, seed: in
 
     Training reads all its epochs from one dataset (fit is given steps_per_epoch): Keras
     then keeps one iterator for the whole run instead of building a new one each epoch,
-    which stalled some epochs by 3-5 s here (a third of a CIFAR-10 epoch).
+    whose start can stall an epoch (docs/performance.md has the figures).
     """
     order = tf.data.Dataset.range(len(x))
     if seed is not None:
@@ -87,8 +88,8 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, device: str, seed: in
 
 
 def pipeline_options() -> tf.data.Options:
-    """No autotuning: its background thread made every training run wait 15-20 s here when the
-    iterator was freed (after the last epoch), and a fixed 2-batch prefetch keeps up."""
+    """No autotuning: its background thread makes a run wait when the iterator is freed after the last
+    epoch (docs/performance.md), and a fixed 2-batch prefetch keeps up."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
@@ -196,10 +197,10 @@ class WeightHistograms(keras.callbacks.Callback):
 
 def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],
                     val_xy: tuple[np.ndarray, np.ndarray], device: str | None = None) -> tuple[Batches, Batches]:
-    """(train, val) batches with both splits resident on the training device: "/GPU:0" where TensorFlow
-    sees a GPU (one copy there), else the CPU, where the tables are the arrays themselves."""
+    """(train, val) batches with both splits resident on the training device (default: the one
+    devices.prepare_device chooses): one copy on a GPU; on the CPU the tables are the arrays themselves."""
     if device is None:
-        device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+        device = prepare_device().name
     return (batches(*train_xy, train.batch_size, device, seed=train.seed, passes=train.epochs),
             batches(*val_xy, VAL_BATCH, device))
 
@@ -213,7 +214,7 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
     make_deterministic(train.seed)
     # mixed_float16: compile wraps the optimizer in Keras's LossScaleOptimizer (dynamic loss scaling).
     keras.mixed_precision.set_global_policy(train.precision)
-    network = build_model(train.l1, train.l2, train.seed)
+    network = build_model(train)
     model = DeviceResident(network, data.table, val.table)
     model = compile_model(train, steps_per_execution(data.steps), model)
     history = model.fit(

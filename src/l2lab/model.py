@@ -8,9 +8,6 @@ from keras import layers
 from l2lab.data import NUM_CLASSES
 from l2lab.params import TrainParams
 
-PARAM_COUNT = 315_722  # pinned by tests: the seed article's architecture
-
-
 def kernel_regularizer(l1: float, l2: float) -> keras.regularizers.Regularizer | None:
     """Keras adds l1 * sum(|W|) + l2 * sum(W**2) per kernel to the loss; None when both are 0."""
     if l1 == 0 and l2 == 0:
@@ -18,9 +15,10 @@ def kernel_regularizer(l1: float, l2: float) -> keras.regularizers.Regularizer |
     return keras.regularizers.L1L2(l1=l1, l2=l2)
 
 
-def build_model(l1: float, l2: float, seed: int) -> keras.Model:
-    """Conv(32)-Pool-Conv(64)-Pool-Dense(128)-Dense(10, softmax) on raw uint8 images."""
-    reg = kernel_regularizer(l1, l2)
+def build_model(train: TrainParams) -> keras.Model:
+    """Conv(32)-Pool-Conv(64)-Pool-Dense(128)-Dense(10, softmax) on raw uint8 images, initialised from
+    train.seed, with train.l1 and train.l2 on every kernel."""
+    reg, seed = kernel_regularizer(train.l1, train.l2), train.seed
     init = keras.initializers.GlorotUniform
 
     def kernel_args(offset: int) -> dict:
@@ -52,7 +50,7 @@ def compile_model(train: TrainParams, steps_per_execution: int = 1, model: keras
                   optimizer: keras.optimizers.Optimizer | None = None) -> keras.Model:
     """model (default: a freshly initialised network, train.seed), compiled for these training params
     (with optimizer, where given: one that has trained it already)."""
-    model = model if model is not None else build_model(train.l1, train.l2, train.seed)
+    model = model if model is not None else build_model(train)
     model.compile(
         optimizer=optimizer if optimizer is not None else build_optimizer(train),
         loss="sparse_categorical_crossentropy",

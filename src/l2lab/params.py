@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
 from ruamel.yaml import YAML, YAMLError
 
 from l2lab.errors import L2labError
 
 TRAIN_IMAGES = 50_000  # images in the five official training batches
+NUM_CLASSES = 10  # CIFAR-10's: every split holds at least one image of each
 
 URL_SCHEMES = ("http", "https", "file")
+# params.yaml holds about 15 values. YAML anchors let a file of a few lines stand for billions of
+# them ("billion laughs"): nothing reads more than this many, counting each alias where it is used.
+MAX_VALUES = 10_000
+_SHOWN = reprlib.Repr()  # a bad value as a message shows it: a few levels and items of it, never all
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 80, 80
 
 
 class ParamsError(L2labError):
@@ -61,9 +69,18 @@ class _Section(BaseModel):
 class DataParams(_Section):
     url: Annotated[str, AfterValidator(_check_url)]
     sha256: Annotated[str, BeforeValidator(_check_sha256)]
-    val_size: int = Field(ge=1, le=TRAIN_IMAGES - 1)  # images held out of training
+    val_size: int = Field(ge=NUM_CLASSES, le=TRAIN_IMAGES - NUM_CLASSES)  # images held out of training
     split_seed: int = Field(ge=0, le=2**32 - 1)  # picks the validation images (and the train subset); nothing else
-    train_size: int | None = Field(ge=1, le=TRAIN_IMAGES - 1)  # a stratified subset of the train split; None: all
+    train_size: int | None = Field(ge=NUM_CLASSES, le=TRAIN_IMAGES - NUM_CLASSES)  # a stratified subset of the train split; None: all
+
+    @field_validator("train_size")
+    @classmethod
+    def _fits_beside_val(cls, size: int | None, info: ValidationInfo) -> int | None:
+        val = info.data.get("val_size")  # validated before it: declared first
+        if size is not None and val is not None and size > TRAIN_IMAGES - val:
+            raise ValueError(f"is more than the {TRAIN_IMAGES - val} training images that data.val_size = {val} "
+                             f"leaves of CIFAR-10's {TRAIN_IMAGES}")
+        return size
 
 
 class TrainParams(_Section):
@@ -107,13 +124,30 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: missing key"
     message = error["msg"].removeprefix("Value error, ")
     given = redact_url(error["input"]) if isinstance(error["input"], str) else error["input"]
-    return f"{key}: {message} (got {given!r})"
+    return f"{key}: {message} (got {_SHOWN.repr(given)})"
+
+
+def _check_size(raw: Any, source: str) -> None:
+    """Refuse a params tree of more than MAX_VALUES nodes, counted as it would expand (aliases each time)."""
+    seen, todo = 0, [(raw, "")]
+    while todo:
+        node, key = todo.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            where = f" under {'.'.join(key.split('.')[:2])}" if key else ""  # the params key: section.name
+            raise ParamsError(f"{source}: expands to more than {MAX_VALUES} values{where} (YAML anchors and aliases?); "
+                              "a params file holds plain values")
+        if isinstance(node, dict):
+            todo.extend((value, f"{key}.{name}" if key else str(name)) for name, value in node.items())
+        elif isinstance(node, (list, tuple)):
+            todo.extend((value, key) for value in node)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-parsed params mapping; raise ParamsError naming the first bad key."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    _check_size(raw, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

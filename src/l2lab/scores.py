@@ -38,7 +38,7 @@ def per_class_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[
             for name in classes]
 
 
-def evaluate(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]) -> Evaluation:
+def score(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]) -> Evaluation:
     """Accuracy and loss on test, accuracy on train and val, the gap, and final weight statistics."""
     probs = {name: predict(model, x) for name, (x, _) in splits.items()}
     pred = {name: p.argmax(axis=1) for name, p in probs.items()}

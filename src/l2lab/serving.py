@@ -3,7 +3,7 @@
 It travels with the model (the l2lab package is logged as the model's code), so
 `mlflow.pyfunc.load_model` and `mlflow models serve` need no checkout. Bad input is
 refused with a message (HTTP 400 when served), never cast: float pixels in [0, 1]
-silently cast to uint8 used to come back as confident garbage.
+cast to uint8 would come back as confident garbage.
 """
 
 from __future__ import annotations

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from l2lab.archive import SYNTHETIC_MARK
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SYNTHETIC_MARK = "l2lab synthetic demo data (not CIFAR-10)"  # stored in batches.meta
 # A colour per class (10, 3) RGB; classes k and k+5 share a shape, not a colour.
 PALETTE = np.array(
     [[220, 60, 60], [60, 200, 60], [70, 90, 230], [230, 210, 60], [200, 70, 210],

@@ -1,10 +1,89 @@
-"""DVC stage: score the trained model on train, val and test; log to the training's MLflow run."""
+"""The evaluate stage: score the trained model on train, val and test, write metrics and plots, log to
+the training's MLflow run."""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from l2lab.noise import quiet_tensorflow
-from l2lab.stages import run_stage
+import numpy as np
+
+from l2lab.data import load_split
+from l2lab.files import write_confusion_pairs, write_json, write_rows
+from l2lab.imports import pyplot, quiet_tensorflow
+from l2lab.params import flatten
+from l2lab.process import run_stage
+
+log = logging.getLogger(__name__)
+
+# Per-epoch series already end on the final value; logging them again at step 0 would add a point.
+EPOCH_SERIES = ("val_accuracy", "weight_norm.")
+
+
+@dataclass(frozen=True)
+class EvalPaths:
+    data_dir: Path  # holds {train,val,test}.npz
+    data_summary: Path  # preprocess's summary: the class names
+    model: Path
+    run_info: Path  # the training's MLflow run id
+    metrics: Path  # JSON for dvc metrics
+    confusion: Path  # CSV (actual, predicted) for dvc plots
+    per_class: Path  # CSV: precision, recall, f1, support per class on test
+
+
+def evaluate(paths: EvalPaths) -> dict:
+    """Score the saved model on all three splits, write metrics and plots, log to the training run."""
+    # TensorFlow, scikit-learn and MLflow load here, not at the top: main() imports TensorFlow quietly first.
+    import keras
+    import pandas as pd
+
+    from l2lab.devices import prepare_device
+    from l2lab.scores import score
+    from l2lab.tracking.runs import resumed_run
+    from l2lab.tracking.store import connect
+
+    store = connect()  # a broken or locked store fails here, before any work
+    prepare_device()  # on a GPU: take memory as needed, leave the rest to the sweep's other points
+    run_id = json.loads(paths.run_info.read_text())["run_id"]
+    classes = json.loads(paths.data_summary.read_text())["classes"]
+    splits = {name: load_split(paths.data_dir / f"{name}.npz") for name in ("train", "val", "test")}
+    model = keras.models.load_model(paths.model)
+    with resumed_run(store, run_id, "evaluate") as run:
+        result = score(model, splits, classes)
+        lead = ("val_accuracy", "test_accuracy", "generalization_gap", "weight_norm")  # what dvc exp show shows first
+        metrics = {**{k: result.metrics[k] for k in lead}, "mlflow_run_id": run_id, **result.metrics}
+        write_confusion_pairs(paths.confusion, splits["test"][1], result.test_pred, classes)
+        header = list(result.per_class[0])
+        write_rows(paths.per_class, header, [[row[k] for k in header] for row in result.per_class])
+        run.log_metrics({k: v for k, v in flatten(result.metrics).items() if not k.startswith(EPOCH_SERIES)})
+        run.log_figure(confusion_figure(result.confusion, classes), "confusion_matrix.png")
+        run.log_table(pd.DataFrame(result.per_class), "per_class_report.json")
+        run.log_dict(metrics, "metrics.json")
+        write_json(paths.metrics, metrics)
+    log.info("test_accuracy %.4f, train_accuracy %.4f, gap %.4f",
+             metrics["test_accuracy"], metrics["train_accuracy"], metrics["generalization_gap"])
+    return metrics
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Any:
+    """A matplotlib heat map of the confusion matrix, counts in the cells (rows = true class)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = confusion.max() / 2
+    for (i, j), n in np.ndenumerate(confusion):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > threshold else "black")
+    ax.set_title("Test set confusion matrix")
+    fig.tight_layout()
+    return fig
 
 
 def main() -> None:
@@ -20,8 +99,6 @@ def main() -> None:
 
     def body() -> None:
         quiet_tensorflow()
-        from l2lab.evaluate import EvalPaths, evaluate
-
         evaluate(EvalPaths(args.data_dir, args.data_summary, args.model, args.run_info, args.metrics,
                            args.confusion, args.per_class))
 

@@ -1,11 +1,62 @@
-"""DVC stage: train the CNN with the L2 strength from params.yaml; MLflow records the run."""
+"""The train stage: read the train and val splits, fit the CNN with the L2 strength from params.yaml, save
+the model, and record it all in MLflow."""
+
+from __future__ import annotations
 
 import argparse
+import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from l2lab.params import load_params
-from l2lab.noise import quiet_tensorflow
-from l2lab.stages import run_stage
+from l2lab.data import load_split
+from l2lab.files import atomic_outputs, file_sha256, write_history
+from l2lab.imports import quiet_tensorflow
+from l2lab.params import Params, load_params
+from l2lab.process import run_stage
+
+log = logging.getLogger(__name__)
+DEVICE_TAG = "l2lab.device"  # where the run trained: "CPU" or "GPU:0 (<name>)"
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    data_dir: Path  # holds train.npz and val.npz (never test.npz)
+    data_summary: Path  # preprocess's summary: dataset kind and source sha256
+    model: Path  # the trained model, .keras
+    run_info: Path  # JSON with the MLflow run id, read by evaluate
+    history: Path  # per-epoch learning curves, CSV for dvc plots
+
+
+def train(params: Params, paths: TrainPaths) -> str:
+    """Train on train, validate on val each epoch, save the model; return the MLflow run id."""
+    # TensorFlow and MLflow load here, not at the top: main() checks params.yaml before either loads.
+    from l2lab.devices import prepare_device
+    from l2lab.fit import WeightHistograms, fit, input_pipelines
+    from l2lab.tracking.runs import HISTOGRAMS, training_run
+    from l2lab.tracking.store import EXPERIMENT, connect
+
+    store = connect()  # a broken or locked store fails here, before any work
+    device = prepare_device()
+    log.info("training on %s, precision %s", device.label, params.train.precision)
+    summary = json.loads(paths.data_summary.read_text())
+    files = {split: paths.data_dir / f"{split}.npz" for split in ("train", "val")}
+    val_xy = load_split(files["val"])
+    data, val = input_pipelines(params.train, load_split(files["train"]), val_xy, device.name)
+    split_sha256 = {split: file_sha256(path) for split, path in files.items()}
+    with training_run(store, params.flat(), summary, split_sha256) as run:
+        run.set_tags({DEVICE_TAG: device.label})
+        histograms = WeightHistograms()
+        model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), [histograms])
+        import pandas as pd  # after training: the loop itself never needs it (l2lab.imports)
+
+        run.log_table(pd.DataFrame(histograms.rows), HISTOGRAMS)
+        with atomic_outputs(paths.model, paths.run_info) as (model_tmp, info_tmp):
+            model.save(model_tmp)
+            run.log_model(model, summary["classes"])
+            info_tmp.write_text(json.dumps({"run_id": run.run_id, "experiment": EXPERIMENT}, indent=2) + "\n")
+        write_history(paths.history, history)
+    return run.run_id
 
 
 def main() -> None:
@@ -21,8 +72,6 @@ def main() -> None:
     def body() -> None:
         params = load_params(args.params)  # validate before TensorFlow is even imported
         quiet_tensorflow()
-        from l2lab.train import TrainPaths, train
-
         train(params, TrainPaths(args.data_dir, args.data_summary, args.model, args.run_info, args.history))
 
     run_stage(body)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, causes
+from l2lab.tracking.sweeps import SWEEP_TAG
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,8 @@ STORAGE_ENV = "L2LAB_STORAGE"
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 30  # a RUNNING trial without a heartbeat for this long is a dead worker's
 MAX_RETRIES = 3  # a point whose workers keep dying is retried this often, then left FAILED
-SWEEP_ATTR = "l2lab.sweep_id"  # study user attribute: marks l2lab's studies among others in the storage
+SWEEP_ATTR = SWEEP_TAG  # study user attribute: marks l2lab's studies among others in the storage
+SCHEMA_TRIES = 3  # opening a fresh storage while another process creates its tables: tries before giving up
 STATES = {"WAITING": "Queued", "RUNNING": "Running", "COMPLETE": "Success", "FAIL": "Failed"}
 
 
@@ -52,13 +55,28 @@ def open_storage(url: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Heartbeats and their retry callback are marked experimental (since Optuna 2.8); said once per call otherwise.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-    except Exception as exc:  # SQLAlchemy/psycopg2 errors: unreachable, bad password, no such database
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise L2labError(f"cannot open the sweep storage {redact(url)}: {first}; check the URL "
-                         f"(--storage or {STORAGE_ENV}) and that the database server is up") from None
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except Exception as exc:  # SQLAlchemy/psycopg2 errors: unreachable, bad password, no such database
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if _creating_elsewhere(exc) and attempt < SCHEMA_TRIES - 1:
+                time.sleep(1.0 + attempt)  # the other process is creating the same tables: they will be there
+                continue
+            if _creating_elsewhere(exc):
+                raise L2labError(f"the sweep storage {redact(url)}: another process was creating Optuna's tables at "
+                                 f"the same time and they are still not usable ({first}); run again") from None
+            raise L2labError(f"cannot open the sweep storage {redact(url)}: {first}; check the URL "
+                             f"(--storage or {STORAGE_ENV}) and that the database server is up") from None
+    raise AssertionError("unreachable")
+
+
+def _creating_elsewhere(exc: BaseException) -> bool:
+    """Whether opening a fresh storage collided with another process creating its schema (PostgreSQL's
+    UniqueViolation on pg_type_typname_nsp_index, or "already exists")."""
+    text = " ".join(str(error) for error in causes(exc))
+    return "UniqueViolation" in text or "pg_type_typname_nsp_index" in text or "already exists" in text
 
 
 @dataclass(frozen=True)
@@ -74,11 +92,20 @@ class Task:
     retry_of: int | None
 
 
-def enqueue(storage, sweep_id: str, points: list[tuple[str, dict[str, str]]], attrs: dict[str, Any]) -> Any:
-    """A study named after the sweep, maximizing val_accuracy, one waiting trial per (name, sets)."""
+def new_study(storage, sweep_id: str) -> Any:
+    """The sweep's study, named after it, maximizing val_accuracy; one line if the name is taken."""
     import optuna
+    from optuna.exceptions import DuplicatedStudyError
 
-    study = optuna.create_study(storage=storage, study_name=sweep_id, direction="maximize")
+    try:
+        return optuna.create_study(storage=storage, study_name=sweep_id, direction="maximize")
+    except DuplicatedStudyError:
+        raise L2labError(f"the sweep storage already holds a study named {sweep_id!r}: start the sweep again "
+                         "(a new id is drawn each time)") from None
+
+
+def enqueue(study: Any, sweep_id: str, points: list[tuple[str, dict[str, str]]], attrs: dict[str, Any]) -> Any:
+    """One waiting trial per (name, sets) in the sweep's study, its attributes set first."""
     for key, value in {SWEEP_ATTR: sweep_id, **attrs}.items():
         study.set_user_attr(key, value)
     for name, sets in points:

@@ -1,7 +1,7 @@
 """A local team stack on loopback: PostgreSQL, an S3 store (SeaweedFS) and `mlflow server` on them.
 
 For trying team mode on one machine and for the tests; a real team points the same
-variables at its own PostgreSQL, S3 and tracking server (README, "Team mode").
+variables at its own PostgreSQL, S3 and tracking server (docs/team.md).
 `l2lab team up` starts the three, each in a session of its own, with their data under
 one folder (`.team/` by default, git-ignored), writes the variables clients need to
 `<folder>/env` (mode 600: it holds passwords) and the processes to `<folder>/stack.json`;
@@ -155,7 +155,7 @@ def _pg_data_folder(folder: Path) -> Path:
     return target
 
 
-def start_postgres(stack: Stack, folder: Path) -> None:
+def start_postgres(stack: Stack) -> None:
     """initdb (password auth on 127.0.0.1, trust on the Unix socket), start, create role and databases."""
     data = Path(stack.pg_data)
     pwfile = data.parent / f".pw-{os.getpid()}"
@@ -167,7 +167,7 @@ def start_postgres(stack: Stack, folder: Path) -> None:
                              "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]), "initdb")
     finally:
         pwfile.unlink(missing_ok=True)
-    log_file = data / "postgres.log"  # beside its data: the postgres user may not reach folder/logs
+    log_file = data / "postgres.log"  # beside its data: the postgres user may not reach the stack folder's logs/
     options = f"-h 127.0.0.1 -p {stack.pg_port} -k {data}"
     try:
         checked(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(log_file), "-o", options, "-w",
@@ -356,12 +356,15 @@ def up(folder: Path = TEAM_DIR) -> Stack:
                   [master, volume, filer], secrets.token_hex(10).upper(), secrets.token_urlsafe(30), mlflow_port, {})
     started = time.monotonic()
     try:
-        start_postgres(stack, folder)
+        start_postgres(stack)
         stack.pids["postgres"] = 0  # stopped with pg_ctl, not by pid
         _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
         start_s3(stack, folder)
         _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
         start_mlflow(stack, folder)
+        from l2lab.team.queue import open_storage
+
+        open_storage(stack.database_uri("optuna"))  # Optuna's tables, made once here, not by two first sweeps at once
     except BaseException:
         _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
         down(folder, keep_logs=True)  # the error names a log: it stays

@@ -16,76 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from mlflow.entities import RunStatus, RunTag
-
+from l2lab.commands import RETRAIN, dvc, dvc_command, set_args
 from l2lab.errors import L2labError
-from l2lab.commands import RETRAIN, dvc, dvc_command, git, set_args
 from l2lab.team import queue
-from l2lab.tracking.runs import PARENT_TAG, RESERVED, quote
-from l2lab.tracking.store import Store, connect, search_runs, tracking_uri
-from l2lab.tracking.sweeps import end_unstarted, never_trained, reserve
+from l2lab.team.clone import check_clone, check_shared_tracking, checkout
+from l2lab.tracking.store import connect
+from l2lab.tracking.sweeps import end_unstarted, finished_value, never_trained, point_runs, prepare_run
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
 PUSH_TRIES = 3
-
-
-def check_clone(clone: Path, dirty: str = "a worker checks out each sweep's commit: run it in a clone of its own"
-                ) -> None:
-    """A clone for team mode: no uncommitted changes to tracked files (dirty says why that matters),
-    a git remote named origin and a default DVC remote (where experiments and outputs go)."""
-    if git("status", "--porcelain", "--untracked-files=no", cwd=clone):
-        raise L2labError(f"{clone} has uncommitted changes; {dirty}")
-    if "origin" not in git("remote", cwd=clone).split():
-        raise L2labError("no git remote named origin: team mode shares experiments through it (git remote add origin …)")
-    default = subprocess.run([dvc_command(), "remote", "default"], cwd=clone, capture_output=True, text=True)
-    if default.returncode != 0 or not default.stdout.strip():
-        raise L2labError("no default DVC remote: add the team's (dvc remote add -d team s3://…) and commit .dvc/config")
-
-
-def check_shared_tracking(clone: Path) -> None:
-    """Team mode logs to the team's tracking server (checked before any store is touched): a local
-    store would hide the runs from everyone else."""
-    uri = tracking_uri(clone)
-    if not uri.startswith(("http://", "https://")):
-        raise L2labError(f"team mode needs the team's MLflow tracking server, not {uri}: "
-                         "set MLFLOW_TRACKING_URI=http(s)://… (l2lab team up prints it for the local stack)")
-
-
-def checkout(clone: Path, commit: str) -> None:
-    git("fetch", "-q", "origin", cwd=clone)
-    git("checkout", "-q", "--detach", commit, cwd=clone)
-
-
-def point_runs(store: Store, parent_id: str, name: str) -> list:
-    return search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`dvc.exp_name` = '{quote(name)}'",
-                       order_by=["attributes.start_time DESC"])
-
-
-def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str) -> str:
-    """The point's run, waiting (SCHEDULED) for its train stage: the sweep's reservation, or a new one
-    when an earlier try took it. An earlier try's run still RUNNING belongs to a worker whose
-    heartbeat stopped (Optuna handed its point to this one): it ends KILLED."""
-    waiting = None
-    for run in point_runs(store, parent_id, name):
-        if run.info.status == "RUNNING":
-            run_id = run.info.run_id
-            store.write(lambda: store.client.log_batch(run_id, tags=[RunTag("l2lab.ended_by", "l2lab worker: its "
-                                                                              "worker stopped sending heartbeats")]))
-            store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED)))
-            log.warning("%s: MLflow run %s was left RUNNING by a worker that is gone: ended KILLED", name, run_id)
-        elif run.info.status == RESERVED:
-            waiting = run.info.run_id
-    return waiting or reserve(store, parent_id, sweep_id, name)
-
-
-def finished_value(store: Store, parent_id: str, name: str) -> float | None:
-    """val_accuracy of the point's FINISHED run, if it has one."""
-    for run in point_runs(store, parent_id, name):
-        if run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics:
-            return run.data.metrics["val_accuracy"]
-    return None
 
 
 def run_guarded(argv: list[str], cwd: Path) -> tuple[int, KeyboardInterrupt | None]:
@@ -116,7 +57,7 @@ def run_point(task: queue.Task, clone: Path) -> bool:
     value, stop, trained = None, None, False
     try:
         with queue.Heartbeat(task):
-            run_id = prepare_run(store, parent_id, sweep_id, task.point)
+            run_id = prepare_run(store, parent_id, sweep_id, task.point, task.sets)
             checkout(clone, commit)
             pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=clone, capture_output=True, text=True)
             if pulled.returncode != 0:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 HOST_TAG = "l2lab.host"
 PID_TAG = "l2lab.pid"
+ENDED_BY_TAG = "l2lab.ended_by"  # who ended a run KILLED, and why
 STARTED_TAG = "l2lab.pid_started"  # the process's start time (s since the epoch): pids are reused
 
 
@@ -43,9 +44,14 @@ def end_stale_runs(store: Store) -> list[str]:
         if not process_gone(tags):
             continue
         run_id = run.info.run_id
-        store.write(lambda: store.client.log_batch(run_id, tags=[RunTag("l2lab.ended_by", "l2lab: its process was gone")]))
-        store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED)))
+        end_killed(store, run_id, "l2lab: its process was gone")
         log.warning("MLflow run %s (%s) was RUNNING but its process %s on %s is gone (killed?): ended KILLED",
                     run_id, run.info.run_name, tags[PID_TAG], tags[HOST_TAG])
         ended.append(run_id)
     return ended
+
+
+def end_killed(store: Store, run_id: str, why: str) -> None:
+    """End a run KILLED, saying why in its tag l2lab.ended_by."""
+    store.write(lambda: store.client.log_batch(run_id, tags=[RunTag(ENDED_BY_TAG, why)]))
+    store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED)))

@@ -18,7 +18,8 @@ from urllib.request import url2pathname
 from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 
 from l2lab.deps import code_digest
-from l2lab.errors import L2labError, causes, stop_requested
+from l2lab.errors import L2labError, causes
+from l2lab.process import stop_requested
 from l2lab.tracking.owners import end_stale_runs, owner_tags
 from l2lab.tracking.store import Store, bind_fluent, search_runs
 
@@ -30,7 +31,6 @@ DEMO_NOTE = (
     "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
     "archive format, so the whole pipeline can run offline. Its accuracy says nothing about CIFAR-10."
 )
-BATCH = 100  # metrics per log_batch call (MLflow's limit is 1000)
 PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests runs (start_run(parent_run_id=...) sets it too)
 RESERVED = "SCHEDULED"  # a sweep's point run that no stage has taken up yet
 
@@ -107,10 +107,8 @@ class Run:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Scalars at one step (an epoch, counted from 1; 0 for end-of-run values)."""
         now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for start in range(0, len(entries), BATCH):
-            chunk = entries[start : start + BATCH]
-            self.store.write(lambda: self.store.client.log_batch(self.run_id, metrics=chunk))
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]  # log_batch splits at MLflow's limits
+        self.store.write(lambda: self.store.client.log_batch(self.run_id, metrics=entries))
 
     def log_figure(self, figure: Any, name: str) -> None:
         self.store.write(lambda: self.store.client.log_figure(self.run_id, figure, name))
@@ -157,8 +155,8 @@ class Run:
         import l2lab
         from l2lab.serving import EXPECTED, KERAS_ARTIFACT, Classifier
 
-        # Stated, not inferred: MLflow infers them by loading the model in a subprocess,
-        # a second TensorFlow import that cost every run about 5 s here.
+        # Stated, not inferred: MLflow infers them by loading the model in a subprocess, a second
+        # TensorFlow import in every run (docs/performance.md has its cost).
         requirements = [f"{name}=={version}" for name, version in library_versions().items()]
         bind_fluent(self.store)
         with tempfile.TemporaryDirectory() as tmp:

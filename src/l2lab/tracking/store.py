@@ -27,6 +27,7 @@ LOCK_NAME = ".mlflow.db.lock"
 # MLflow 3's UI opens an experiment by its kind: on its training runs, not the GenAI overview.
 KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 BUSY = ("database is locked", "database table is locked")  # SQLite: another writer holds the file
+BUSY_WAIT_SECONDS = 120.0  # how long a stage waits for a database another process holds locked
 
 
 class MlflowBusyError(L2labError):
@@ -110,22 +111,54 @@ def connect(root: Path | None = None) -> Store:
         return Store(uri, client, experiment.experiment_id)
 
 
-def check_database(db: Path) -> None:
-    """Refuse, untouched, a database file that SQLite cannot read whole or that MLflow did not make."""
+def check_database(db: Path, wait_seconds: float | None = None) -> None:
+    """Refuse, untouched, a database file that SQLite cannot read whole or that MLflow did not make.
+
+    A database another process holds locked is busy, not broken: this waits for it (up to
+    wait_seconds, BUSY_WAIT_SECONDS by default, with a line saying so), then fails saying who holds it.
+    """
     def broken(why: str) -> BrokenStoreError:
         return BrokenStoreError(f"{db} is not a readable MLflow database ({why}); it was left as it is: restore it "
                                 f"from a backup, or move it aside (mv {db} {db}.broken) and runs start afresh")
 
-    try:
-        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
-            problems = [row[0] for row in con.execute("PRAGMA quick_check(1)")]
-            tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        raise broken(str(exc)) from None
+    wait = BUSY_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    deadline, told = time.monotonic() + wait, False
+    while True:
+        try:
+            with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=1.0)) as con:
+                problems = [row[0] for row in con.execute("PRAGMA quick_check(1)")]
+                tables = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+            break
+        except sqlite3.DatabaseError as exc:
+            if not busy(exc):
+                raise broken(str(exc)) from None
+            if time.monotonic() >= deadline:
+                raise MlflowBusyError(f"{db} is busy: another process has held it locked for {wait:.0f} s "
+                                      f"({holders(db)}); wait for it to finish, or stop it, and run again") from None
+            if not told:
+                log.warning("%s is locked by another process (%s); waiting up to %.0f s for it", db, holders(db), wait)
+                told = True
+    if problems != ["ok"]:
+        raise broken(f"SQLite: {problems[0]}")
     if problems != ["ok"]:
         raise broken(f"SQLite: {problems[0]}")
     if "alembic_version" not in tables or "runs" not in tables:
         raise broken("an SQLite file without MLflow's tables")
+
+
+def holders(db: Path) -> str:
+    """The processes that have the database file open, e.g. "held open by pid 4242 (sqlite3)", as far as
+    this user may see them."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.pid != os.getpid() and any(Path(f.path) == db for f in proc.open_files()):
+                found.append(f"pid {proc.pid} ({proc.info['name']})")
+        except (psutil.Error, OSError):
+            continue
+    return "held open by " + ", ".join(found) if found else "no process of this user has it open"
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from mlflow.entities import Param, RunStatus
 
 from l2lab.errors import L2labError
-from l2lab.tracking.owners import owner_tags
+from l2lab.tracking.owners import end_killed, owner_tags
 from l2lab.tracking.runs import PARENT_TAG, RESERVED, ending, quote
 from l2lab.tracking.store import Store, search_runs
 
@@ -22,6 +22,7 @@ SWEEP_TAG = "l2lab.sweep_id"
 ROLE_TAG = "l2lab.role"  # "sweep" on a sweep's parent run, "point" on a run it reserved
 AXIS_PREFIX = "sweep."  # parent params: sweep.<params.yaml key> = comma-separated values
 FIXED_PREFIX = "sweep.fixed."
+SET_PREFIX = "l2lab.set."  # a point run's tags: l2lab.set.<params.yaml key> = its override, as typed
 VERSUS_TAG = "l2lab.versus"  # "adamw" on a sweep that pairs each train.l2 with AdamW at the matched decay
 
 
@@ -56,9 +57,11 @@ def _note(axes: dict[str, list[str]], fixed: dict[str, str], versus_adamw: bool)
     return f"Sweep over {grid}{versus}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
 
 
-def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str) -> str:
-    """Create a point's run before it is queued: named, nested under the parent, waiting (SCHEDULED)."""
-    tags = {PARENT_TAG: parent_id, SWEEP_TAG: sweep_id, ROLE_TAG: "point", "dvc.exp_name": exp_name}
+def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str, sets: dict[str, str] | None = None) -> str:
+    """Create a point's run before it is queued: named, nested under the parent, waiting (SCHEDULED), tagged
+    with its overrides (l2lab.set.<key>), which a point that fails before training logs no params of."""
+    tags = {PARENT_TAG: parent_id, SWEEP_TAG: sweep_id, ROLE_TAG: "point", "dvc.exp_name": exp_name,
+            **{f"{SET_PREFIX}{key}": value for key, value in (sets or {}).items()}}
     run_id = store.write(lambda: store.client.create_run(store.experiment_id, run_name=exp_name, tags=tags)).info.run_id
     store.write(lambda: store.client.update_run(run_id, status=RESERVED))
     return run_id
@@ -73,6 +76,35 @@ def end_unstarted(store: Store, run_id: str) -> None:
     """End a reserved run FAILED if its point finished without taking it up (it failed before training)."""
     if never_trained(store, run_id):
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
+
+
+def point_runs(store: Store, parent_id: str, name: str) -> list:
+    """A team point's runs under its sweep's parent, its latest try first."""
+    return search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`dvc.exp_name` = '{quote(name)}'",
+                       order_by=["attributes.start_time DESC"])
+
+
+def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str, sets: dict[str, str] | None = None) -> str:
+    """The point's run, waiting (SCHEDULED) for its train stage: the sweep's reservation, or a new one
+    when an earlier try took it. An earlier try's run still RUNNING belongs to a worker whose
+    heartbeat stopped (Optuna handed its point to this one): it ends KILLED."""
+    waiting = None
+    for run in point_runs(store, parent_id, name):
+        if run.info.status == "RUNNING":
+            end_killed(store, run.info.run_id, "l2lab worker: its worker stopped sending heartbeats")
+            log.warning("%s: MLflow run %s was left RUNNING by a worker that is gone: ended KILLED", name,
+                        run.info.run_id)
+        elif run.info.status == RESERVED:
+            waiting = run.info.run_id
+    return waiting or reserve(store, parent_id, sweep_id, name, sets)
+
+
+def finished_value(store: Store, parent_id: str, name: str) -> float | None:
+    """val_accuracy of the point's FINISHED run, if it has one."""
+    for run in point_runs(store, parent_id, name):
+        if run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics:
+            return run.data.metrics["val_accuracy"]
+    return None
 
 
 def table_artifact(store: Store, run_id: str, name: str) -> list[dict[str, Any]] | None:
@@ -138,9 +170,12 @@ def sweep_versus(store: Store, parent_id: str) -> bool:
 
 
 def sweep_runs(store: Store, parent_id: str) -> list[dict[str, Any]]:
-    """The sweep's child runs as plain dicts: run_id, name, status, params, metrics, val_curve."""
+    """The sweep's child runs as plain dicts: run_id, name, status, params (a run that never trained: its
+    overrides), metrics, val_curve."""
     return [
-        {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status, "params": dict(r.data.params),
+        {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+         "params": {k.removeprefix(SET_PREFIX): v for k, v in r.data.tags.items() if k.startswith(SET_PREFIX)}
+         | dict(r.data.params),
          "metrics": dict(r.data.metrics), "val_curve": val_curve(store, r.info.run_id)}
         for r in search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     ]

@@ -12,20 +12,18 @@ import pandas as pd
 
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
-from l2lab.plots import save_figure, series_groups, sweep_figures, weight_distribution_figure
-from l2lab.sweep import MATCHED_DECAY
+from l2lab.sweeps.figures import save_figure, series_groups, sweep_figures, weight_distribution_figure
+from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
 from l2lab.tracking.runs import HISTOGRAMS
-from l2lab.tracking.sweeps import (latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus,
-                                   table_artifact)
+from l2lab.tracking.sweeps import latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus, table_artifact
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/
-AXES = ("train.l2", "train.l1", "train.weight_decay", "train.seed")  # what a sweep may vary
-SEED = "train.seed"  # an axis of repeats, not of the plots
+AXES = tuple(GRID_AXES.values())  # the params.yaml keys a sweep may vary; SEED is one of repeats, not of the plots
 PENALTY, STRENGTH = "penalty", "l2_equivalent"  # the keys of a --versus-adamw report
 COLUMNS = {  # report column -> MLflow metric
     "val_accuracy": "val_accuracy",
@@ -169,16 +167,16 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> Report:
-    """Build the report of a sweep (the latest by default), register its champion, log it to the parent."""
+def make_report(sweep: Sweep, out_root: Path) -> Report:
+    """Build a sweep's report, register its champion, log the report to the sweep's parent run."""
     store = connect()
     end_stale_runs(store)
-    if sweep_id is None:
-        sweep_id, parent_id = latest_sweep(store)
-    else:
-        parent_id = sweep_parent_id(store, sweep_id)
+    sweep_id, parent_id = sweep.id, sweep.parent_run_id
     runs = sweep_runs(store, parent_id)
     table = sweep_table(runs)
+    for key in sweep_axes(store, parent_id):  # a point that failed before training, in a sweep that did not tag it
+        if key not in table:
+            table[key] = np.nan
     histograms = final_histograms(store, table)
     table["zero_share"] = [zero_share(histograms[r]) if r in histograms else None for r in table["mlflow_run_id"]]
     if sweep_versus(store, parent_id):
@@ -186,11 +184,12 @@ def make_report(sweep_id: str | None, out_root: Path, register: bool = True) -> 
     else:
         keys = [plot_axis(sweep_axes(store, parent_id))]
     champion = choose_champion(table, keys)
-    version = register_champion(store, champion["mlflow_run_id"]) if champion is not None and register else None
+    version = register_champion(store, champion["mlflow_run_id"]) if champion is not None else None
     folder = out_root / sweep_id
     write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
-    save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
-                folder / "weight_distributions.png")
+    if histograms:  # no finished run, nothing to draw
+        save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
+                    folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
     return Report(sweep_id, keys, table, champion, version, folder)
 
@@ -239,6 +238,8 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     labels = {row["experiment"]: point_label(row, keys) + (f", seed {row[SEED]:g}" if several_seeds else "")
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
+    if summary.empty:  # no finished run: the tables say so, and there is nothing to plot
+        return
     for name, figure in sweep_figures(summary, keys[-1], ordered, keys[0] if len(keys) > 1 else None).items():
         save_figure(figure, folder / name)
 
@@ -250,3 +251,13 @@ def champion_line(champion: pd.Series | None, keys: list[str], version: str | No
     return (f"Champion (best validation accuracy): {point_label(champion, keys)}, val_accuracy "
             f"{champion['val_accuracy']:.4f}, test_accuracy {champion['test_accuracy']:.4f}, "
             f"experiment {champion['experiment']}, MLflow run {champion['mlflow_run_id']}{registered}")
+
+
+def find_sweep(sweep_id: str | None) -> Sweep:
+    """The sweep with this id, or the latest one: for `l2lab report`, which names a sweep by its id."""
+    store = connect()
+    if sweep_id is None:
+        sweep_id, parent_id = latest_sweep(store)
+    else:
+        parent_id = sweep_parent_id(store, sweep_id)
+    return Sweep(sweep_id, parent_id)

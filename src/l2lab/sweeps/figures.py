@@ -1,59 +1,11 @@
-"""Figures and plot files: what a person looks at."""
+"""A sweep report's figures: metrics against the swept value, learning curves, weight distributions."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
-
 from l2lab.files import atomic_outputs
-
-
-def confusion_figure(confusion: np.ndarray, classes: list[str]):
-    """A matplotlib heat map of the confusion matrix, counts in the cells (rows = true class)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    threshold = confusion.max() / 2
-    for (i, j), n in np.ndenumerate(confusion):
-        ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="white" if n > threshold else "black")
-    ax.set_title("Test set confusion matrix")
-    fig.tight_layout()
-    return fig
-
-
-def write_rows(path: Path, header: list[str], rows: list[list[object]]) -> None:
-    """A CSV file for `dvc plots`, written atomically."""
-    with atomic_outputs(path) as (tmp,):
-        with tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-
-
-def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """Per-epoch learning curves, one row per epoch."""
-    keys = list(history)
-    write_rows(path, keys, [list(row) for row in zip(*(history[k] for k in keys))])
-
-
-def write_confusion_pairs(path: Path, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> None:
-    """One (actual, predicted) row per test image: the input of DVC's confusion template."""
-    write_rows(path, ["actual", "predicted"], [[classes[t], classes[p]] for t, p in zip(y_true, y_pred)])
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from l2lab.imports import pyplot
 
 
 AXIS_LABELS = {"l2_equivalent": "L2 lambda (AdamW: at weight_decay = 2 x lambda)"}
@@ -73,7 +25,7 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
     series: a column that splits the summary into lines of their own (a --versus-adamw sweep's
     penalty); its "none" rows, the unpenalized baseline, start every line.
     """
-    plt = _pyplot()
+    plt = pyplot()
     figures = {}
     panels = [
         ("accuracy_vs_lambda.png", "accuracy", ["train_accuracy", "val_accuracy", "test_accuracy"]),
@@ -126,7 +78,7 @@ def weight_distribution_figure(histograms: dict[str, dict[float, object]], axis:
     """Per layer, the final |w| histogram of each swept value, side by side; log-scale counts so a spike
     at zero shows. histograms: series ("" for a sweep with one) -> value -> rows (layer, bin_low,
     bin_high, count) of one run's last epoch; one row of panels per series."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = sorted({layer for group in histograms.values() for rows in group.values() for layer in rows["layer"]})
     width, height = max(len(layers), 1), max(len(histograms), 1)
     fig, axes = plt.subplots(height, width, figsize=(4 * width, 3.6 * height), squeeze=False)
@@ -151,7 +103,7 @@ def weight_distribution_figure(histograms: dict[str, dict[float, object]], axis:
 
 def save_figure(figure, path: Path) -> None:
     """Write a figure as PNG, atomically, and free it."""
-    plt = _pyplot()
+    plt = pyplot()
     with atomic_outputs(path) as (tmp,):
         figure.savefig(tmp, dpi=110)
     plt.close(figure)

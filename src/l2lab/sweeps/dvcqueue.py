@@ -1,0 +1,133 @@
+"""DVC's experiment queue as a sweep uses it: queue points, start workers, read states, stop, re-run."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from l2lab.commands import RETRAIN, checked, dvc, dvc_command, git, set_args
+from l2lab.errors import L2labError
+from l2lab.sweeps.grid import Point
+
+log = logging.getLogger(__name__)
+
+
+def worker_count(requested: int, points: int, cores: int | None = None) -> int:
+    """Queue workers to start: never more than the points, nor than the machine's cores.
+
+    Each DVC worker is a process holding TensorFlow and a copy of the data (~1 GB on
+    CIFAR-10); more workers than cores only make them wait on each other.
+    """
+    cores = cores or os.cpu_count() or 1
+    jobs = max(1, min(requested, points, cores))
+    if jobs != requested:
+        log.warning("--jobs %d: starting %d worker(s) (%d point(s), %d core(s))", requested, jobs, points, cores)
+    return jobs
+
+
+def queue_points(points: list[Point], cwd: Path) -> None:
+    """Queue every point as a named DVC experiment."""
+    for point in points:
+        dvc("exp", "run", "--queue", "-n", point.name, *set_args(point.sets), cwd=cwd)
+        log.info("queued %s (%s)", point.name, ", ".join(f"{k}={v}" for k, v in point.sets.items()))
+
+
+def retrain(point: Point, cwd: Path) -> None:
+    """Queue a point again with its training forced, under the same name (its empty first try goes).
+
+    For a point whose params, code and data equal the workspace's dvc.lock, `dvc exp run`
+    skips train and evaluate ("didn't change, skipping") and calls the experiment a
+    success with the lock's outputs: no run of its own, no metrics of its own.
+    """
+    log.warning("%s: DVC found it equal to the workspace's dvc.lock (same params, code and data) and skipped its "
+                "training; queued again with training forced (dvc exp run %s)", point.name, " ".join(RETRAIN))
+    dvc("queue", "remove", point.name, cwd=cwd)  # the empty first try's queue entry; --force replaces its experiment
+    dvc("exp", "run", "--queue", *RETRAIN, "-n", point.name, *set_args(point.sets), cwd=cwd)
+    if queue_state(cwd)[1] == 0:  # the workers left: the queue was empty for 10 s
+        start_workers(1, cwd)
+
+
+def workspace_state(cwd: Path) -> str:
+    """A digest of what `dvc exp run --queue` copies into an experiment: HEAD, the changes to tracked
+    files and the untracked files git does not ignore. Equal digests: a point queued now runs the same code."""
+    digest = hashlib.sha256(git("rev-parse", "HEAD", cwd=cwd).encode())
+    digest.update(checked(["git", "diff", "HEAD", "--binary"], "git diff", cwd).stdout.encode())
+    for name in git("ls-files", "--others", "--exclude-standard", "-z", cwd=cwd).split("\0"):
+        if name and (cwd / name).is_file():
+            digest.update(name.encode() + b"\0" + (cwd / name).read_bytes())
+    return digest.hexdigest()
+
+
+def start_workers(jobs: int, cwd: Path) -> None:
+    """`dvc queue start -j N`. The workers it forks outlive it and keep inherited pipes open,
+    so its output goes to a file, not a pipe, or this call would wait for the whole queue."""
+    with tempfile.TemporaryFile("w+") as out:
+        status = subprocess.call([dvc_command(), "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=out, stderr=out)
+        if status != 0:
+            out.seek(0)
+            lines = out.read().strip().splitlines() or ["no output"]
+            raise L2labError(f"dvc queue start -j {jobs} failed: {lines[-1]}")
+
+
+def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
+    """(experiment name -> Queued/Running/Success/Failed, live queue workers), read through DVC's Python API."""
+    from dvc.repo import Repo
+
+    logging.getLogger("kombu").setLevel(logging.ERROR)  # "No hostname was supplied": DVC's local queue needs none
+    with Repo(str(cwd)) as repo:
+        queue = repo.experiments.celery_queue
+        states: dict[str, str] = {}
+        for entry in queue.status():  # running, queued, failed, then succeeded: a name's first entry is its latest
+            if entry.get("name"):
+                states.setdefault(entry["name"], entry["status"])
+        return states, len(queue.worker_status())
+
+
+def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:
+    """Take a stopped sweep's points out of the queue: queued ones removed, running ones interrupted (Ctrl-C).
+
+    An interrupted point's train stage ends its MLflow run KILLED; this waits (up to
+    grace seconds) until none of the points runs any more.
+    """
+    states, _ = queue_state(cwd)
+    queued = [n for n in names if states.get(n) == "Queued"]
+    running = [n for n in names if states.get(n) == "Running"]
+    if queued:
+        dvc("queue", "remove", *queued, cwd=cwd)
+        log.info("removed from the queue: %s", ", ".join(queued))
+    if running:
+        subprocess.run([dvc_command(), "queue", "kill", *running], cwd=cwd, capture_output=True, text=True)
+        log.info("interrupted: %s", ", ".join(running))
+    deadline = time.monotonic() + grace
+    while running and time.monotonic() < deadline:
+        time.sleep(1.0)
+        states, _ = queue_state(cwd)
+        running = [n for n in running if states.get(n) == "Running"]
+    if running:
+        subprocess.run([dvc_command(), "queue", "kill", "--force", *running], cwd=cwd, capture_output=True, text=True)
+        log.warning("killed (did not stop within %.0f s): %s", grace, ", ".join(running))
+
+
+def clear_stale_controls(cwd: Path) -> int:
+    """Delete control messages (shutdown, inspect) waiting for queue workers that are gone; return how many.
+
+    DVC's local queue is Celery on a filesystem broker, and `dvc queue start` names its
+    workers the same every time (dvc-exp-<repo hash>-<n>@localhost). A `dvc queue stop`
+    sent after they left (they leave by themselves after 10 s idle) waits in the broker,
+    and the next workers of those names obey it after their first task: a sweep then
+    stalls with points still queued (the symptom of DVC issue #10562). Called only when
+    no worker is alive, so no live worker's message is lost; control messages never hold
+    tasks.
+    """
+    inbox = cwd / ".dvc" / "tmp" / "exps" / "celery" / "broker" / "in"
+    stale = sorted(inbox.glob("*.celery.pidbox.msg")) if inbox.is_dir() else []
+    for message in stale:
+        message.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d stale control message(s) left in DVC's queue broker", len(stale))
+    return len(stale)

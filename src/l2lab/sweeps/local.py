@@ -1,0 +1,68 @@
+"""`l2lab sweep`: a grid of queued DVC experiments, run by N workers on this machine, grouped in MLflow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, retrain, start_workers,
+                                   stop_points, worker_count, workspace_state)
+from l2lab.sweeps.follow import AGAIN, Progress, wait
+from l2lab.sweeps.grid import Sweep, plan
+from l2lab.tracking.owners import end_stale_runs
+from l2lab.tracking.store import connect
+from l2lab.tracking.sweeps import end_unstarted, never_trained, point_progress, reserve, sweep_parent
+
+log = logging.getLogger(__name__)
+
+
+def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path,
+              versus_adamw: bool = False) -> Sweep:
+    """Queue and run the grid; return the sweep with each point's Success/Failed.
+
+    Each point's MLflow run is created before it is queued, nested under the sweep's
+    parent; the train stage takes it up by the experiment's name.
+    """
+    sweep_id, points, epochs = plan(axes, fixed, cwd, versus_adamw)
+    jobs = worker_count(jobs, len(points))
+    store = connect(cwd)
+    end_stale_runs(store)
+    with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
+        runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name, point.sets) for point in points}
+        queue_points(points, cwd)
+        if queue_state(cwd)[1] == 0:
+            clear_stale_controls(cwd)
+        start_workers(jobs, cwd)
+        log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
+                 sweep_id, len(points), jobs, parent.run_id)
+
+        by_name = {point.name: point for point in points}
+        snapshot = workspace_state(cwd)
+        retrained: set[str] = set()
+
+        def done(name: str, status: str) -> str | None:
+            if status == "Success" and never_trained(store, runs[name]):
+                if name not in retrained and workspace_state(cwd) == snapshot:
+                    retrained.add(name)
+                    retrain(by_name[name], cwd)
+                    return AGAIN
+                status = "Failed"
+                why = ("with its training forced, DVC skipped it again (see dvc queue logs " + name + ")"
+                       if name in retrained else "the workspace has changed since the sweep queued its points")
+                log.error("%s: DVC skipped its training as up to date (same params, code and data as the "
+                          "workspace's dvc.lock) and it was not re-run: %s; it counts as failed", name, why)
+            end_unstarted(store, runs[name])  # a point that failed before training never took up its run
+            log.info("%s: %s (MLflow run %s)", name, status, runs[name])
+            return status
+
+        def progress(name: str) -> Progress:
+            done_epochs, val = point_progress(store, runs[name])
+            return Progress(done_epochs, epochs[name], val)
+
+        try:  # the workers leave by themselves once the queue is empty (DVC: after 10 s idle)
+            results = wait(points, cwd, done, queue_state, progress=progress)
+        except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started
+            stop_points([p.name for p in points], cwd)
+            raise
+        parent.failed = any(status != "Success" for status in results.values())
+    return Sweep(sweep_id, parent.run_id, results)
