@@ -148,3 +148,34 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     best = max(finished, key=lambda r: (r.data.metrics["val_accuracy"], -r.data.metrics["val_loss"]))
     assert best.info.run_id in out
     assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).tags["source_run_id"] == best.info.run_id
+
+
+OPEN_AND_CREATE = """
+import sys
+from l2lab.team import queue
+queue.new_study(queue.open_storage(sys.argv[1]), sys.argv[2])
+print("ok")
+"""
+
+
+@pytest.mark.fault
+def test_two_first_sweeps_on_a_fresh_storage_both_start(stack: team_stack.Stack) -> None:
+    """The first two team sweeps on a fresh database raced while Optuna created its tables on first use
+    (PostgreSQL's UniqueViolation on pg_type_typname_nsp_index, reported as a bad URL)."""
+    import psycopg2
+
+    con = psycopg2.connect(host=stack.pg_data, port=stack.pg_port, user="postgres", dbname="postgres")
+    con.autocommit = True
+    try:
+        for attempt in range(3):
+            name = f"fresh{attempt}"
+            with con.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {name} OWNER {team_stack.ROLE}")
+            url = stack.database_uri(name)
+            both = [subprocess.Popen([sys.executable, "-c", OPEN_AND_CREATE, url, f"sweep-{attempt}-{i}"], env=env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+            for proc in both:
+                out, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+    finally:
+        con.close()

@@ -151,6 +151,55 @@ def test_served_model_answers_labels_and_refuses_float_pixels(trained: Path) -> 
         server.wait(timeout=30)
 
 
+@pytest.mark.fault
+def test_l2lab_serve_bounds_requests_and_stops_on_sigterm(trained: Path) -> None:
+    """20,000 images in one request got a 504 after 60 s from `mlflow models serve`, junk got its own 50 MB
+    echoed back, and a SIGTERM left uvicorn running. `l2lab serve`: a real process, real HTTP."""
+    import http.client
+    import signal
+
+    import psutil
+
+    from l2lab.serve import MAX_BODY_BYTES
+    from l2lab.serving import MAX_IMAGES
+
+    run_id = json.loads((trained / "models" / "mlflow_run.json").read_text())["run_id"]
+    with np.load(trained / "data" / "processed" / "test.npz") as f:
+        x = f["x"][:2]
+    port = free_port()
+    server = subprocess.Popen(["l2lab", "serve", "--model", f"runs:/{run_id}/model", "--port", str(port)], cwd=trained,
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/ping", server)
+        good = post(f"{base}/invocations", {"inputs": x.tolist()})
+        assert good.status == 200 and len(json.loads(good.body)["predictions"]) == 2
+        # A body declared larger than the bound is refused from its headers: none of it is ever sent.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+        connection.endheaders()
+        refused = connection.getresponse()
+        assert refused.status == 413 and f"at most {MAX_IMAGES} images" in refused.read().decode()
+        connection.close()
+        many = post(f"{base}/invocations", {"inputs": np.zeros((MAX_IMAGES + 1, 32, 32, 3), np.uint8).tolist()})
+        assert many.status == 400 and f"got {MAX_IMAGES + 1} images; a request holds at most {MAX_IMAGES}" in many.body
+        junk = urllib.request.Request(f"{base}/invocations", data=b"{" + b"x" * 5_000_000,
+                                      headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(junk, timeout=60)
+        body = answer.value.read()
+        assert answer.value.code == 400 and len(body) < 3_000 and b"more characters cut" in body
+        children = psutil.Process(server.pid).children(recursive=True)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 143
+        assert not [c for c in children if c.is_running()]  # no server left behind
+    finally:
+        server.kill()
+        server.wait()
+
+
 class Reply:
     def __init__(self, status: int, body: str) -> None:
         self.status, self.body = status, body

@@ -43,6 +43,10 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("gc", help="end KILLED every run left RUNNING by a process that is gone (kill -9, OOM)")
     ui = sub.add_parser("ui", help="the MLflow UI for this repo's runs, on 127.0.0.1 only")
     ui.add_argument("--port", type=int, default=5000)
+    serve = sub.add_parser("serve", help="a logged model over HTTP on 127.0.0.1, bounded requests (docs/pipeline.md)")
+    serve.add_argument("--model", default=None, help="models:/… or runs:/<run id>/model (default: the sweep champion, "
+                       "models:/cifar10-cnn@champion)")
+    serve.add_argument("--port", type=int, default=5001)
     return top
 
 
@@ -162,9 +166,17 @@ def print_report(report) -> None:
     print(champion_line(report.champion, report.keys, report.champion_version))
 
 
+def serve_command(args: argparse.Namespace) -> int:
+    from l2lab.serve import CHAMPION, serve
+
+    serve(args.model or CHAMPION, args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     commands = {"sweep": sweep_command, "report": report_command, "ui": ui, "gc": gc, "worker": worker_command,
+                "serve": serve_command,
                 "team": team_command}
     run_stage(lambda: commands[args.command](args))
 

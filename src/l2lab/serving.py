@@ -8,6 +8,7 @@ cast to uint8 would come back as confident garbage.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from mlflow.pyfunc import PythonModel
 IMAGE_SHAPE = (32, 32, 3)  # height, width, RGB
 EXPECTED = "uint8 pixels 0-255, shape (N, 32, 32, 3)"
 KERAS_ARTIFACT = "keras_model"  # the .keras file among the model's artifacts
+MAX_IMAGES = 1024  # per request when served over HTTP (l2lab serve, mlflow models serve): about 15 MB of JSON
+SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # "true" in MLflow's scoring server
 
 
 def refuse(why: str) -> MlflowException:
@@ -32,6 +35,8 @@ def check_images(model_input: Any) -> np.ndarray:
     x = np.asarray(model_input)
     if x.shape[1:] != IMAGE_SHAPE or x.ndim != 4:
         raise refuse(f"got shape {x.shape}")
+    if os.environ.get(SERVING_ENV) == "true" and len(x) > MAX_IMAGES:
+        raise refuse(f"got {len(x)} images; a request holds at most {MAX_IMAGES}: split it")
     if not np.issubdtype(x.dtype, np.integer):  # JSON floats, even 128.0: pixels are whole numbers
         raise refuse(f"got {x.dtype} values (scale floats in [0, 1] by 255 and round them first)")
     if x.size and (x.min() < 0 or x.max() > 255):
