@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context
 
 from l2lab.data import TENSOR_ALIGNMENT
 from l2lab.devices import prepare_device
@@ -71,6 +73,23 @@ def split_table(x: np.ndarray, y: np.ndarray, device: str) -> tuple[tf.Tensor, t
         return tf.identity(tf.constant(x)), tf.identity(tf.constant(labels))
 
 
+@contextmanager
+def no_global_seed() -> Iterator[None]:
+    """TensorFlow's global seed unset within the block, as in a fresh process, and put back after.
+
+    A shuffle's seeds are fixed when the dataset is made: (global seed, seed) once a global seed
+    is set, (DEFAULT_GRAPH_SEED, seed) before. The train stage makes its datasets before fit
+    seeds TensorFlow; a fit earlier in the same process must not change the order.
+    """
+    saved = context.global_seed()
+    tf.random.set_seed(None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            tf.random.set_seed(saved)
+
+
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, device: str, seed: int | None = None,
             passes: int = 1) -> Batches:
     """`passes` passes over (x, y) as index batches, each pass reshuffled (seeded) when seed is given,
@@ -82,7 +101,8 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, device: str, seed: in
     """
     order = tf.data.Dataset.range(len(x))
     if seed is not None:
-        order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        with no_global_seed():
+            order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     dataset = order.batch(batch_size).repeat(passes).prefetch(PREFETCH).with_options(pipeline_options())
     return Batches(dataset, math.ceil(len(x) / batch_size), split_table(x, y, device))
 
