@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TF     ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test test-all test-team team-up team-down install-team demo ui exps bench install clean-venv
+.PHONY: repro test test-all test-team team-up team-down install-team demo ui exps bench bench-sweep install clean-venv
 
 install: $(STAMP)
 
@@ -61,6 +61,11 @@ bench: $(STAMP)
 EXPS_DROP := ^(src|data|models|reports)/|^data\.(url|sha256)$$|^(weight_norm|sparsity)\.(conv|dense)|^test_loss$$|^train_accuracy$$|^Created$$
 exps: $(STAMP)
 	$(RUN) dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)'
+
+# A small lambda grid as l2lab sweep --jobs 1, --jobs 2 and plain fit() processes, interleaved;
+# writes reports/sweep_bench.json. BENCH_ARGS passes options, e.g. BENCH_ARGS="--archive PATH".
+bench-sweep: $(STAMP)
+	$(RUN) python bench/sweep_speed.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(RUN) python -m l2lab.demo

@@ -1,0 +1,225 @@
+"""Sweep benchmark: a small lambda grid as `l2lab sweep --jobs 1`, as `--jobs 2`, and as a plain reference
+(each point's l2lab `fit()` in a fresh process on the same processed arrays: no DVC, no MLflow, no
+evaluation), interleaved, in a throwaway clone of this checkout. A benchmark, not a test: it asserts
+no timing.
+
+    python bench/sweep_speed.py [--archive cifar-10-python.tar.gz] [--train-size 5000] [--epochs 5]
+                                [--l2 0,1e-4,1e-3,1e-2] [--pairs 1] [--out reports/sweep_bench.json]
+
+Without --archive it generates a small CIFAR-format archive (synthetic shapes) so that it runs
+anywhere; the figures that matter come from the full CIFAR-10 copy (../shared/datasets). The clone
+runs `dvc repro preprocess` and commits `dvc.lock` first, as a team does, so no point needs to re-run
+preprocess; a point that still does is counted.
+
+Writes JSON with the wall times, `sweep_vs_plain` (the `--jobs 1` wall over the plain reference's),
+`jobs2_speedup` (`--jobs 1` wall over `--jobs 2` wall), `training_share` (the share of the `--jobs 1`
+points' time spent in training epochs) and, per `--jobs 1` point, its time by phase, read from its
+MLflow run: `before_training` (experiment set-up, stages skipped or re-run, imports and tracing up to
+the first epoch), `training` (the epochs), `after_training` (saving and logging the model, DVC's commit,
+the evaluate stage's start-up) and `evaluation` (the evaluate stage); `before_training` counts from
+the previous point's end (the queue's gap between points included), the first point's from the
+sweep's start. And the CPU's ISA flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "src"))
+
+from train_speed import isa_flags  # noqa: E402
+
+PLAIN = r"""
+import json, sys, time
+from pathlib import Path
+from l2lab.imports import quiet_tensorflow
+quiet_tensorflow()
+from l2lab.data import load_split
+from l2lab.fit import fit, input_pipelines
+from l2lab.params import load_params, parse_params
+
+raw = load_params(sys.argv[1]).model_dump()
+raw["train"].update(l2=float(sys.argv[3]), epochs=int(sys.argv[4]))
+train = parse_params(raw).train
+processed = Path(sys.argv[2])
+data, val = input_pipelines(train, load_split(processed / "train.npz"), load_split(processed / "val.npz"))
+epochs = []
+model, history = fit(train, data, val, lambda epoch, logs: epochs.append(logs["epoch_seconds"]))
+print(json.dumps({"val_accuracy": history["val_accuracy"][-1], "epoch_seconds": sum(epochs)}))
+"""
+
+
+def sh(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def clone(dest: Path) -> Path:
+    """The checkout's tracked and untracked-but-not-ignored files, as a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "bench copy"]):
+        sh(dest, "git", *args, env=git_env())
+    return dest
+
+
+def git_env() -> dict[str, str]:
+    ident = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+             "GIT_COMMITTER_EMAIL": "b@b"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    return base | ident | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}",
+                           "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def prepare(work: Path, archive: Path, train_size: int | None, val_size: int) -> Path:
+    """The clone, pointed at the archive, with preprocess run and dvc.lock committed."""
+    from ruamel.yaml import YAML
+
+    project = clone(work / "repo")
+    yaml = YAML()
+    doc = yaml.load(project / "params.yaml")
+    doc["data"]["url"] = archive.resolve().as_uri()
+    doc["data"]["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+    doc["data"]["train_size"] = train_size
+    doc["data"]["val_size"] = val_size
+    with (project / "params.yaml").open("w") as f:
+        yaml.dump(doc, f)
+    sh(project, "dvc", "repro", "preprocess", env=git_env())
+    sh(project, "git", "add", "-A", env=git_env())
+    sh(project, "git", "commit", "-qm", "data", env=git_env())
+    return project
+
+
+def sweep_leg(project: Path, l2: str, epochs: int, jobs: int) -> dict:
+    started = time.monotonic()
+    proc = subprocess.run(["l2lab", "sweep", "--l2", l2, "--jobs", str(jobs), "-S", f"train.epochs={epochs}"],
+                          cwd=project, capture_output=True, text=True, env=git_env())
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"l2lab sweep --jobs {jobs} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    sweep_id = next(line.split("sweep ", 1)[1].split(":", 1)[0] for line in proc.stderr.splitlines()
+                    if " experiments on " in line)
+    return {"wall_s": wall, "sweep_id": sweep_id, "preprocess_reruns": preprocess_reruns(project, sweep_id)}
+
+
+def preprocess_reruns(project: Path, sweep_id: str) -> int:
+    """How many of the sweep's points ran preprocess again (their logs say so)."""
+    status = sh(project, "dvc", "queue", "status", env=git_env()).stdout
+    names = [line.split()[1] for line in status.splitlines() if sweep_id in line and len(line.split()) > 1]
+    logs = [subprocess.run(["dvc", "queue", "logs", name], cwd=project, capture_output=True, text=True,
+                           env=git_env()).stdout for name in names]
+    return sum("Running stage 'preprocess'" in log for log in logs)
+
+
+def phases(project: Path, sweep_id: str, started_wall: float) -> list[dict]:
+    """Per point of a --jobs 1 sweep, in the order they ran: seconds by phase, from its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar10-l2")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`l2lab.sweep_id` = '{sweep_id}' "
+                              "and tags.`l2lab.role` = 'point'")
+    points = []
+    for run in runs:
+        epochs = sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"), key=lambda m: m.step)
+        first_epoch_start = epochs[0].timestamp / 1000 - epochs[0].value
+        last_epoch_end = epochs[-1].timestamp / 1000
+        evaluate_start = float(run.data.tags["l2lab.pid_started"])  # the evaluate stage took the run up last
+        end = run.info.end_time / 1000
+        points.append({"name": run.info.run_name, "first_epoch_start": first_epoch_start, "training": sum(m.value for m in epochs),
+                       "after_training": evaluate_start - last_epoch_end, "evaluation": end - evaluate_start, "end": end})
+    points.sort(key=lambda p: p["first_epoch_start"])
+    previous_end = started_wall
+    for point in points:
+        # The point's start is the previous one's end (one worker): everything up to its first epoch.
+        point["before_training"] = point["first_epoch_start"] - previous_end
+        previous_end = point["end"]
+    return points
+
+
+def plain_leg(project: Path, l2_values: list[str], epochs: int) -> dict:
+    started = time.monotonic()
+    results = []
+    for l2 in l2_values:
+        proc = subprocess.run([sys.executable, "-c", PLAIN, str(project / "params.yaml"), str(project / "data" / "processed"),
+                               l2, str(epochs)], capture_output=True, text=True, env={**git_env(), "PYTHONPATH": str(project / "src")})
+        if proc.returncode != 0:
+            raise SystemExit(f"plain fit exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return {"wall_s": time.monotonic() - started, "points": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archive", type=Path, help="a CIFAR-10 python archive (default: a generated small one)")
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--l2", default="0,1e-4,1e-3,1e-2")
+    parser.add_argument("--pairs", type=int, default=1, help="interleaved rounds of the three legs")
+    parser.add_argument("--out", type=Path, default=REPO / "reports" / "sweep_bench.json")
+    args = parser.parse_args()
+    l2_values = args.l2.split(",")
+    with tempfile.TemporaryDirectory(prefix="l2lab-sweep-bench-") as tmp:
+        work = Path(tmp)
+        archive = args.archive
+        if archive is None:
+            from l2lab.synthetic import write_cifar_archive
+
+            archive = write_cifar_archive(work / "cifar-10-python.tar.gz", per_batch=400, test_size=1000, seed=1)
+            args.train_size, args.val_size = min(args.train_size, 1500), min(args.val_size, 500)
+        project = prepare(work, archive, args.train_size, args.val_size)
+        rounds = []
+        for pair in range(args.pairs):
+            one_started = time.time()
+            one = sweep_leg(project, args.l2, args.epochs, jobs=1)
+            one["points"] = phases(project, one["sweep_id"], one_started)
+            two = sweep_leg(project, args.l2, args.epochs, jobs=2)
+            plain = plain_leg(project, l2_values, args.epochs)
+            rounds.append({"jobs1": one, "jobs2": two, "plain": plain})
+            print(f"round {pair + 1}: --jobs 1 {one['wall_s']:.0f} s, --jobs 2 {two['wall_s']:.0f} s, "
+                  f"plain {plain['wall_s']:.0f} s", flush=True)
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    jobs1, jobs2, plain = (median([r[leg]["wall_s"] for r in rounds]) for leg in ("jobs1", "jobs2", "plain"))
+    points = [p for r in rounds for p in r["jobs1"]["points"]]
+    point_time = sum(p["before_training"] + p["training"] + p["after_training"] + p["evaluation"] for p in points)
+    by_phase = {phase: sum(p[phase] for p in points) / len(points)
+                for phase in ("before_training", "training", "after_training", "evaluation")}
+    report = {
+        "sweep_vs_plain": jobs1 / plain, "jobs2_speedup": jobs1 / jobs2,
+        "training_share": sum(p["training"] for p in points) / point_time,
+        "wall_s": {"jobs1": jobs1, "jobs2": jobs2, "plain": plain},
+        "per_point_s_by_phase": by_phase,
+        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in ("jobs1", "jobs2")),
+        "grid": {"l2": l2_values, "epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size,
+                 "archive": str(args.archive) if args.archive else "generated (synthetic shapes)"},
+        "machine": {"isa_flags": isa_flags(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "rounds": rounds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"sweep_vs_plain {report['sweep_vs_plain']:.2f}, jobs2_speedup {report['jobs2_speedup']:.2f}, "
+          f"training_share {report['training_share']:.2f}; per point: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in by_phase.items()) + f"; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
