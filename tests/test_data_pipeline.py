@@ -77,5 +77,5 @@ def test_bad_param_stops_before_any_work(project: Path, small_archive: Path, sma
     set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256, data__val_size=-5)
     proc = run(project, "dvc", "repro", "preprocess", check=False)
     assert proc.returncode != 0
-    assert "error: params.yaml: data.val_size: Input should be greater than or equal to 1 (got -5)" in proc.stderr
+    assert "error: params.yaml: data.val_size: Input should be greater than or equal to 10 (got -5)" in proc.stderr
     assert not (project / "data" / "processed").exists() or not any((project / "data" / "processed").iterdir())
