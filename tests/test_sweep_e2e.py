@@ -291,3 +291,19 @@ def test_a_point_equal_to_the_committed_lock_trains_as_its_own_run(project: Path
     table = (project / "reports" / "sweep" / parent.data.tags["l2lab.sweep_id"] / "table.csv").read_text()
     assert ",," not in table and "nan" not in table.lower()
     assert "DVC found it equal to the workspace's dvc.lock" in swept.stderr and "2/2 done (0 failed)" in swept.stderr
+
+
+def test_a_queued_point_restores_preprocess_instead_of_running_it(project: Path) -> None:
+    """The data summary was a `cache: false` output: a queued experiment gets only what git tracks, so
+    with it (or dvc.lock) not committed every point ran preprocess again. Cached, the run-cache restores
+    the stage even when dvc.lock was never committed nor staged."""
+    run(project, "dvc", "repro", "preprocess")
+    run(project, "git", "reset", "-q")  # nothing of the run committed or staged
+    run(project, "dvc", "exp", "run", "--queue", "-n", "point", "-S", "train.l2=0.01")
+    subprocess.run(["dvc", "queue", "start"], cwd=project, env=env(), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    status = wait_for_queue(project)
+    assert "Success" in status, status
+    log = run(project, "dvc", "queue", "logs", "point").stdout
+    assert "Stage 'preprocess' is cached - skipping run, checking out outputs" in log
+    assert "Running stage 'preprocess'" not in log and "Running stage 'train'" in log
