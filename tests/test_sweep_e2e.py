@@ -206,6 +206,10 @@ def test_back_to_back_sweeps_and_versus_adamw_in_one_report(project: Path) -> No
 
 @pytest.mark.fault
 def test_four_workers_on_two_cores_all_land_once_and_the_database_stays_readable(project: Path) -> None:
+    # The data stages first, locked, as the docs advise: four points running download for the first time
+    # at once can trip DVC's own run-cache writes (ENOENT on .dvc/cache/runs/.../<tmp>; DVC 3.67).
+    run(project, "dvc", "repro", "preprocess")
+    run(project, "git", "commit", "-qm", "the data, locked")
     run(project, "dvc", "exp", "run", "--queue", "-S", "train.l2=0,0.0001,0.001,0.01")
     subprocess.run(["dvc", "queue", "start", "-j", "4"], cwd=project, env=env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
