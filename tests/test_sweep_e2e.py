@@ -177,6 +177,7 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
         server.wait(timeout=30)
 
 
+@pytest.mark.slow  # minutes: `make test-slow`, which CI runs after `make test`
 def test_back_to_back_sweeps_and_versus_adamw_in_one_report(project: Path) -> None:
     # A first sweep, then a `dvc queue stop` once its workers have left: the shutdown waits in
     # DVC's broker for the next workers of the same names. The next sweep must clear it, or its
@@ -205,6 +206,7 @@ def test_back_to_back_sweeps_and_versus_adamw_in_one_report(project: Path) -> No
 
 
 @pytest.mark.fault
+@pytest.mark.slow  # minutes: `make test-slow`, which CI runs after `make test`
 def test_four_workers_on_two_cores_all_land_once_and_the_database_stays_readable(project: Path) -> None:
     # The data stages first, locked, as the docs advise: four points running download for the first time
     # at once can trip DVC's own run-cache writes (ENOENT on .dvc/cache/runs/.../<tmp>; DVC 3.67).
@@ -269,6 +271,7 @@ def assert_no_workers_left(project: Path) -> None:
 
 
 @pytest.mark.fault
+@pytest.mark.slow  # minutes: `make test-slow`, which CI runs after `make test`
 def test_a_point_equal_to_the_committed_lock_trains_as_its_own_run(project: Path) -> None:
     # The README's flow: `make repro`, commit what it made, then a grid holding the committed lambda
     # (train.l2 = 0.001). DVC finds that point up to date and skips its training; it must train all the same.
