@@ -167,9 +167,10 @@ def print_report(report) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from l2lab.serve import CHAMPION, serve
+    from l2lab.serve import serve
+    from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 
-    serve(args.model or CHAMPION, args.port)
+    serve(args.model or f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", args.port)
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, first_line
 from l2lab.params import NUM_CLASSES
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val), both sorted; val holds val_size images in each class's proportion.
@@ -60,7 +60,8 @@ def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as f:
             x, y = (_read_aligned(f.zip, name) for name in ("x", "y"))
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise SplitError(f"{path} is not a readable split file ({_first_line(exc)}); {SPLIT_FIX}") from None
+        why = ": ".join(filter(None, [type(exc).__name__, first_line(exc)]))
+        raise SplitError(f"{path} is not a readable split file ({why}); {SPLIT_FIX}") from None
     problem = split_problem(x, y)
     if problem:
         raise SplitError(f"{path}: {problem}; {SPLIT_FIX}")
@@ -80,10 +81,6 @@ def split_problem(x: np.ndarray, y: np.ndarray) -> str | None:
         return f"labels must be in 0..{NUM_CLASSES - 1}, got {y.min()}..{y.max()}"
     return None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def _read_aligned(archive: Any, name: str) -> np.ndarray:

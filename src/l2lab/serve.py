@@ -5,8 +5,7 @@ the whole body echoed back, and runs the app in a uvicorn child process that out
 SIGTERM to its parent. This serves the same app (the same /invocations, /ping, /health,
 /version) in this one process: a body over MAX_BODY_BYTES gets 413 before it is read, an
 error answer's message is cut to MAX_ERROR_CHARS characters (its head and its tail) without
-the stack trace, and
-SIGTERM or Ctrl-C stops the server.
+the stack trace, and SIGTERM or Ctrl-C stops the server.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, first_line
 from l2lab.process import stop_requested
 from l2lab.serving import MAX_IMAGES
 
@@ -24,7 +23,6 @@ log = logging.getLogger(__name__)
 # A JSON request of MAX_IMAGES images: 3,072 values each, at most 5 bytes apiece ("255, "), and brackets.
 MAX_BODY_BYTES = MAX_IMAGES * 32 * 32 * 3 * 5 + (1 << 20)
 MAX_ERROR_CHARS = 2_000  # of an error's message: MLflow's echoes the input it could not parse
-CHAMPION = "models:/cifar10-cnn@champion"  # the model `l2lab report` registers
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -131,8 +129,8 @@ def serve(model_uri: str, port: int) -> None:
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise L2labError(f"cannot load the model {model_uri}: {first}; give --model runs:/<run id>/model, or run "
+        why = first_line(exc, 300) or type(exc).__name__
+        raise L2labError(f"cannot load the model {model_uri}: {why}; give --model runs:/<run id>/model, or run "
                          "`l2lab report` on a sweep to register a champion") from None
     log.info("serving %s on http://127.0.0.1:%d/invocations (at most %d images a request)", model_uri, port, MAX_IMAGES)
     # In-flight requests get 5 s to finish once a stop arrives; predictions are bounded by MAX_IMAGES.

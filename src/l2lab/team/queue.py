@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from l2lab.errors import L2labError, causes
+from l2lab.errors import L2labError, causes, first_line
 from l2lab.tracking.sweeps import SWEEP_TAG
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def open_storage(url: str):
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
         except Exception as exc:  # SQLAlchemy/psycopg2 errors: unreachable, bad password, no such database
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc) or type(exc).__name__
             if _creating_elsewhere(exc) and attempt < SCHEMA_TRIES - 1:
                 time.sleep(1.0 + attempt)  # the other process is creating the same tables: they will be there
                 continue

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import mlflow
 from mlflow import MlflowClient
 
-from l2lab.errors import L2labError, causes
+from l2lab.errors import L2labError, causes, first_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -222,12 +222,12 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, 
         except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
             if not busy(exc):
                 raise
-            first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            first = first_line(exc) or type(exc).__name__
             if attempt == attempts - 1:
                 raise MlflowBusyError(f"MLflow store {where or mlflow.get_tracking_uri()} still busy after "
-                                      f"{attempts} tries: {first_line}") from None
+                                      f"{attempts} tries: {first}") from None
             wait = first_wait * 2**attempt
-            log.warning("MLflow store busy (%s); retrying in %.1f s", first_line[:120], wait)
+            log.warning("MLflow store busy (%s); retrying in %.1f s", first[:120], wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
