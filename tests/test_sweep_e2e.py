@@ -121,6 +121,8 @@ def test_sweep_report_champion_reproduction_and_ui(project: Path) -> None:
     assert all(r.data.tags["l2lab.sweep_id"] == sweep_id for r in children)
     assert parent.info.status == "FAILED"
     good = {r.info.run_id: r for r in children if r.info.status == "FINISHED"}
+    for r in good.values():  # both stages ran in the sweep's warm server (l2lab.warm); reproduced cold below
+        assert run(project, "dvc", "queue", "logs", r.info.run_name).stdout.count("warm stage server") == 2
     # --seeds varies training only: two seeds, one validation split (and one training split).
     assert sorted(r.data.params["train.seed"] for r in good.values()) == ["1", "2"]
     assert len({r.data.tags["data.val.sha256"] for r in good.values()}) == 1

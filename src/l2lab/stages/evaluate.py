@@ -17,6 +17,7 @@ from l2lab.files import write_confusion_pairs, write_json, write_rows
 from l2lab.imports import pyplot, quiet_tensorflow
 from l2lab.params import flatten
 from l2lab.process import run_stage
+from l2lab.warm import hand_over
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Any:
 
 
 def main() -> None:
+    hand_over("l2lab.stages.evaluate")  # a sweep's warm server runs it, when there is one (l2lab.warm)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with {train,val,test}.npz")
     parser.add_argument("--data-summary", type=Path, required=True)

@@ -14,6 +14,7 @@ from l2lab.files import atomic_outputs, file_sha256, write_history
 from l2lab.imports import quiet_tensorflow
 from l2lab.params import Params, load_params
 from l2lab.process import run_stage
+from l2lab.warm import hand_over
 
 log = logging.getLogger(__name__)
 DEVICE_TAG = "l2lab.device"  # where the run trained: "CPU" or "GPU:0 (<name>)"
@@ -60,6 +61,7 @@ def train(params: Params, paths: TrainPaths) -> str:
 
 
 def main() -> None:
+    hand_over("l2lab.stages.train")  # a sweep's warm server runs it, when there is one (l2lab.warm)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with train.npz and val.npz")
