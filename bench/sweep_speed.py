@@ -1,17 +1,22 @@
-"""Sweep benchmark: a small lambda grid as `l2lab sweep --jobs 1`, as `--jobs 2`, and as a plain reference
-(each point's l2lab `fit()` in a fresh process on the same processed arrays: no DVC, no MLflow, no
-evaluation), interleaved, in a throwaway clone of this checkout. A benchmark, not a test: it asserts
-no timing.
+"""Sweep benchmark: a small lambda grid as `l2lab sweep --jobs 1`, the same with warm stages off
+(L2LAB_WARM=0: every stage imports for itself, as before them; the baseline), as `--jobs 2`, and as a
+plain reference (each point's l2lab `fit()` in a fresh process on the same processed arrays: no DVC,
+no MLflow, no evaluation), interleaved, in a throwaway clone of this checkout. A benchmark, not a
+test: it asserts no timing.
 
     python bench/sweep_speed.py [--archive cifar-10-python.tar.gz] [--train-size 5000] [--epochs 5]
-                                [--l2 0,1e-4,1e-3,1e-2] [--pairs 1] [--out reports/sweep_bench.json]
+                                [--l2 0,1e-4,1e-3,1e-2] [--pairs 1] [--max-isa avx2]
+                                [--out reports/sweep_bench.json]
 
 Without --archive it generates a small CIFAR-format archive (synthetic shapes) so that it runs
 anywhere; the figures that matter come from the full CIFAR-10 copy (../shared/datasets). The clone
 runs `dvc repro preprocess` and commits `dvc.lock` first, as a team does, so no point needs to re-run
 preprocess; a point that still does is counted.
 
+`--max-isa avx2` runs every leg with the kernels of a CPU without AVX-512 (as bench/train_speed.py).
+
 Writes JSON with the wall times, `sweep_vs_plain` (the `--jobs 1` wall over the plain reference's),
+`cold_vs_warm` (the warm-stages-off `--jobs 1` wall over the `--jobs 1` wall),
 `jobs2_speedup` (`--jobs 1` wall over `--jobs 2` wall), `training_share` (the share of the `--jobs 1`
 points' time spent in training epochs) and, per `--jobs 1` point, its time by phase, read from its
 MLflow run: `before_training` (experiment set-up, stages skipped or re-run, imports and tracing up to
@@ -39,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "src"))
 
-from train_speed import isa_flags  # noqa: E402
+from train_speed import ISA_CAPS, isa_flags  # noqa: E402
 
 PLAIN = r"""
 import json, sys, time
@@ -108,10 +113,10 @@ def prepare(work: Path, archive: Path, train_size: int | None, val_size: int) ->
     return project
 
 
-def sweep_leg(project: Path, l2: str, epochs: int, jobs: int) -> dict:
+def sweep_leg(project: Path, l2: str, epochs: int, jobs: int, warm: bool = True) -> dict:
     started = time.monotonic()
     proc = subprocess.run(["l2lab", "sweep", "--l2", l2, "--jobs", str(jobs), "-S", f"train.epochs={epochs}"],
-                          cwd=project, capture_output=True, text=True, env=git_env())
+                          cwd=project, capture_output=True, text=True, env=git_env() | ({} if warm else {"L2LAB_WARM": "0"}))
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"l2lab sweep --jobs {jobs} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -175,8 +180,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--l2", default="0,1e-4,1e-3,1e-2")
     parser.add_argument("--pairs", type=int, default=1, help="interleaved rounds of the three legs")
+    parser.add_argument("--max-isa", choices=sorted(ISA_CAPS), help="cap the kernels' ISA for every leg")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "sweep_bench.json")
     args = parser.parse_args()
+    if args.max_isa:
+        os.environ.update(ISA_CAPS[args.max_isa])  # every leg's processes inherit it
     l2_values = args.l2.split(",")
     with tempfile.TemporaryDirectory(prefix="l2lab-sweep-bench-") as tmp:
         work = Path(tmp)
@@ -192,32 +200,44 @@ def main() -> None:
             one_started = time.time()
             one = sweep_leg(project, args.l2, args.epochs, jobs=1)
             one["points"] = phases(project, one["sweep_id"], one_started)
+            cold_started = time.time()
+            cold = sweep_leg(project, args.l2, args.epochs, jobs=1, warm=False)
+            cold["points"] = phases(project, cold["sweep_id"], cold_started)
             two = sweep_leg(project, args.l2, args.epochs, jobs=2)
             plain = plain_leg(project, l2_values, args.epochs)
-            rounds.append({"jobs1": one, "jobs2": two, "plain": plain})
-            print(f"round {pair + 1}: --jobs 1 {one['wall_s']:.0f} s, --jobs 2 {two['wall_s']:.0f} s, "
-                  f"plain {plain['wall_s']:.0f} s", flush=True)
+            rounds.append({"jobs1": one, "jobs1_cold": cold, "jobs2": two, "plain": plain})
+            print(f"round {pair + 1}: --jobs 1 {one['wall_s']:.0f} s, cold {cold['wall_s']:.0f} s, "
+                  f"--jobs 2 {two['wall_s']:.0f} s, plain {plain['wall_s']:.0f} s", flush=True)
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    jobs1, jobs2, plain = (median([r[leg]["wall_s"] for r in rounds]) for leg in ("jobs1", "jobs2", "plain"))
-    points = [p for r in rounds for p in r["jobs1"]["points"]]
-    point_time = sum(p["before_training"] + p["training"] + p["after_training"] + p["evaluation"] for p in points)
-    by_phase = {phase: sum(p[phase] for p in points) / len(points)
-                for phase in ("before_training", "training", "after_training", "evaluation")}
+    legs = ("jobs1", "jobs1_cold", "jobs2", "plain")
+    jobs1, cold, jobs2, plain = (median([r[leg]["wall_s"] for r in rounds]) for leg in legs)
+    phase_names = ("before_training", "training", "after_training", "evaluation")
+
+    def share_and_phases(leg: str) -> tuple[float, dict[str, float]]:
+        points = [p for r in rounds for p in r[leg]["points"]]
+        point_time = sum(p[phase] for p in points for phase in phase_names)
+        return (sum(p["training"] for p in points) / point_time,
+                {phase: sum(p[phase] for p in points) / len(points) for phase in phase_names})
+
+    share, by_phase = share_and_phases("jobs1")
+    cold_share, cold_phases = share_and_phases("jobs1_cold")
     report = {
-        "sweep_vs_plain": jobs1 / plain, "jobs2_speedup": jobs1 / jobs2,
-        "training_share": sum(p["training"] for p in points) / point_time,
-        "wall_s": {"jobs1": jobs1, "jobs2": jobs2, "plain": plain},
-        "per_point_s_by_phase": by_phase,
-        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in ("jobs1", "jobs2")),
+        "sweep_vs_plain": jobs1 / plain, "jobs2_speedup": jobs1 / jobs2, "training_share": share,
+        "cold_vs_warm": cold / jobs1, "cold_sweep_vs_plain": cold / plain, "cold_training_share": cold_share,
+        "wall_s": {"jobs1": jobs1, "jobs1_cold": cold, "jobs2": jobs2, "plain": plain},
+        "per_point_s_by_phase": by_phase, "cold_per_point_s_by_phase": cold_phases,
+        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in ("jobs1", "jobs1_cold", "jobs2")),
         "grid": {"l2": l2_values, "epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size,
                  "archive": str(args.archive) if args.archive else "generated (synthetic shapes)"},
-        "machine": {"isa_flags": isa_flags(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"isa_flags": isa_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
+                    "kernel_isa_cap": args.max_isa},
         "rounds": rounds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"sweep_vs_plain {report['sweep_vs_plain']:.2f}, jobs2_speedup {report['jobs2_speedup']:.2f}, "
-          f"training_share {report['training_share']:.2f}; per point: "
+    print(f"sweep_vs_plain {report['sweep_vs_plain']:.2f} (cold {report['cold_sweep_vs_plain']:.2f}), cold_vs_warm "
+          f"{report['cold_vs_warm']:.2f}, jobs2_speedup {report['jobs2_speedup']:.2f}, training_share "
+          f"{report['training_share']:.2f} (cold {report['cold_training_share']:.2f}); per point: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in by_phase.items()) + f"; written to {args.out}")
 
 

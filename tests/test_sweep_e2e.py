@@ -316,3 +316,23 @@ def test_a_queued_point_restores_preprocess_instead_of_running_it(project: Path)
     log = run(project, "dvc", "queue", "logs", "point").stdout
     assert "Stage 'preprocess' is cached - skipping run, checking out outputs" in log
     assert "Running stage 'preprocess'" not in log and "Running stage 'train'" in log
+
+
+@pytest.mark.fault
+def test_points_that_fail_after_training_are_failed_runs_and_no_champion(project: Path) -> None:
+    # A model file committed to git: DVC trains each point, then refuses to take the output over
+    # ("output 'models/model.keras' is already tracked by SCM"), so evaluate never runs.
+    (project / "models").mkdir(exist_ok=True)
+    (project / "models" / "model.keras").write_bytes(b"not a model")
+    run(project, "git", "add", "-f", "models/model.keras")
+    run(project, "git", "commit", "-qm", "a model file in git")
+    swept = run(project, "l2lab", "sweep", "--l2", "0,0.001", "--jobs", "1", check=False)
+    assert swept.returncode == 1, swept.stderr
+    assert "Traceback" not in swept.stderr
+    assert "error: 2 of 2 points failed:" in swept.stderr
+    assert "No finished run: no champion." in swept.stdout
+    points = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "point"]
+    assert [r.info.status for r in points] == ["FAILED", "FAILED"]
+    assert all("failed after training" in r.data.tags["l2lab.incomplete"] for r in points)
+    assert all("val_accuracy" in r.data.metrics for r in points)  # they did train
+    assert client(project).search_model_versions(f"name = '{REGISTERED_MODEL}'") == []

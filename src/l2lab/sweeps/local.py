@@ -11,7 +11,7 @@ from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Sweep, plan
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
-from l2lab.tracking.sweeps import end_unstarted, never_trained, point_progress, reserve, sweep_parent
+from l2lab.tracking.sweeps import end_incomplete, end_unstarted, never_trained, point_progress, reserve, sweep_parent
 from l2lab.warm_server import warm_server
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
                 log.error("%s: DVC skipped its training as up to date (same params, code and data as the "
                           "workspace's dvc.lock) and it was not re-run: %s; it counts as failed", name, why)
             end_unstarted(store, runs[name])  # a point that failed before training never took up its run
+            if status != "Success":  # one that trained, then failed: its FINISHED run is no result
+                end_incomplete(store, runs[name], f"its DVC experiment failed after training (dvc queue logs {name})")
             log.info("%s: %s (MLflow run %s)", name, status, runs[name])
             return status
 

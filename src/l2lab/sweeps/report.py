@@ -95,7 +95,9 @@ def choose_champion(table: pd.DataFrame, by: str | Sequence[str]) -> pd.Series |
     unbiased estimate for the chosen model.
     """
     keys = _keys(by)
-    done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna()]
+    # Evaluated runs only: one whose experiment failed after training has no test metrics (older sweeps
+    # left such runs FINISHED).
+    done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna() & table["test_accuracy"].notna()]
     if done.empty:
         return None
     means = done.groupby(keys, observed=True).agg(val=("val_accuracy", "mean"), loss=("val_loss", "mean"))

@@ -78,6 +78,20 @@ def end_unstarted(store: Store, run_id: str) -> None:
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
 
 
+INCOMPLETE_TAG = "l2lab.incomplete"  # why a run that ended FINISHED is no result
+
+
+def end_incomplete(store: Store, run_id: str, why: str) -> bool:
+    """End FAILED a point's run that its stages left FINISHED without test metrics (training ended well,
+    then the experiment failed: evaluate never ran, or DVC could not commit the outputs); True if it was one."""
+    run = store.client.get_run(run_id)
+    if run.info.status != "FINISHED" or "test_accuracy" in run.data.metrics:
+        return False
+    store.write(lambda: store.client.set_tag(run_id, INCOMPLETE_TAG, why))
+    store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
+    return True
+
+
 def point_runs(store: Store, parent_id: str, name: str) -> list:
     """A team point's runs under its sweep's parent, its latest try first."""
     return search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`dvc.exp_name` = '{quote(name)}'",
