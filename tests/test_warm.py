@@ -58,8 +58,8 @@ def test_a_warm_stage_gives_the_cold_numbers_bit_for_bit(project: Path) -> None:
     cold = run(project, "dvc", "repro")
     assert WARM_LINE not in cold.stdout + cold.stderr
     cold_results = results(project)
-    with warm_server(project) as warm:
-        assert warm is not None and warm.ready()
+    with warm_server(project) as path:
+        assert path is not None and os.environ[ENV] == path
         again = run(project, "dvc", "repro", "--force", "--downstream", "train")
     out = again.stdout + again.stderr
     assert out.count(WARM_LINE) == 2, out  # train and evaluate both ran in the server's children
@@ -75,8 +75,7 @@ def test_a_warm_stage_gives_the_cold_numbers_bit_for_bit(project: Path) -> None:
 def test_signals_reach_the_stage_and_a_killed_stage_takes_its_child(project: Path) -> None:
     run(project, "dvc", "repro", "preprocess")
     set_params(project, train__epochs=400)  # long enough to be stopped in the middle
-    with warm_server(project) as warm:
-        path = warm.ready()
+    with warm_server(project) as path:
         server = server_process(path)
         for how, expected in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)):
             stage = subprocess.Popen(TRAIN, cwd=project, env=env(PYTHONPATH="src"), stderr=subprocess.PIPE, text=True)
@@ -105,10 +104,27 @@ def test_signals_reach_the_stage_and_a_killed_stage_takes_its_child(project: Pat
 
 def test_a_stage_whose_code_differs_from_the_servers_runs_by_itself(project: Path) -> None:
     run(project, "dvc", "repro", "preprocess")
-    with warm_server(project) as warm:
-        warm.ready()
+    with warm_server(project) as path:
+        while not Path(path).exists():  # listening: it has imported the code edited below
+            time.sleep(0.1)
         norms = project / "src" / "l2lab" / "norms.py"  # in the train stage's code
         norms.write_text(norms.read_text() + "\n# edited after the server imported it\n")
         stage = run(project, *TRAIN, PYTHONPATH="src")
     assert WARM_LINE not in stage.stderr
     assert "epoch 2/2" in stage.stderr
+
+
+def test_a_stage_waits_for_a_starting_server_and_not_for_a_dead_one(tmp_path: Path) -> None:
+    from l2lab.warm import PID_FILE, listening
+
+    sock = tmp_path / "stages.sock"
+    assert not listening(sock)  # no server there at all: at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / PID_FILE).write_text(dead.stdout.strip())
+    started = time.monotonic()
+    assert not listening(sock)  # it ended before listening: no wait
+    assert time.monotonic() - started < 5
+    (tmp_path / PID_FILE).write_text(str(os.getpid()))  # alive, still importing
+    appears = subprocess.Popen([sys.executable, "-c", f"import time, pathlib; time.sleep(0.5); pathlib.Path({str(sock)!r}).touch()"])
+    assert listening(sock)  # waited for it
+    appears.wait()

@@ -20,12 +20,16 @@ import os
 import signal
 import socket
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from l2lab.deps import code_digest
 
 ENV = "L2LAB_WARM_SERVER"  # the server's socket; unset: every stage imports for itself
 STAGES = ("l2lab.stages.train", "l2lab.stages.evaluate")  # the ones whose imports are worth sharing
+PID_FILE = "server.pid"  # beside the socket: the server's process id, there from its start
+START_WAIT = 120.0  # seconds a stage waits for a server that is still importing
 MAX_REQUEST = 1 << 20  # bytes: arguments, working folder and environment of one stage run, as JSON
 
 
@@ -36,11 +40,28 @@ def identity() -> dict[str, Any]:
             "code": {module: code_digest(module) for module in STAGES}}
 
 
+def listening(path: Path) -> bool:
+    """Whether the server at path listens, waiting while it is still importing (its process alive, its
+    socket not there yet): a sweep starts its workers before its server is ready."""
+    deadline = time.monotonic() + START_WAIT
+    while not path.exists():
+        try:
+            os.kill(int((path.parent / PID_FILE).read_text()), 0)
+        except (OSError, ValueError):
+            return False  # no server there, or it ended before listening
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def hand_over(module: str) -> None:
     """Run this stage in the warm server and exit with its status; return (having done nothing) when
     there is no server to run it, so that the caller runs the stage itself."""
     path = os.environ.get(ENV)
     if not path or sys.platform != "linux":  # fork after TensorFlow's import is safe on Linux only
+        return
+    if not listening(Path(path)):
         return
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

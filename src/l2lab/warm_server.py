@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -25,11 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from l2lab.process import setup_logging
-from l2lab.warm import ENV, MAX_REQUEST, STAGES, identity
+from l2lab.warm import ENV, MAX_REQUEST, PID_FILE, STAGES, identity
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 120.0  # seconds for the server to import everything and listen
 STOP_TIMEOUT = 60.0  # seconds a stopping server waits for running stages (a sweep has stopped them already)
 REAP_INTERVAL = 0.2  # seconds between checks for ended children (and for the server's parent)
 
@@ -194,32 +192,13 @@ def preload() -> None:
     pyplot()
 
 
-class Warm:
-    """A started warm stage server; `ready()` waits for it to listen and points the stages at it."""
-
-    def __init__(self, proc: Any, path: Path, log_file: Path) -> None:
-        self.proc, self.path, self.log_file = proc, path, log_file
-
-    def ready(self) -> str | None:
-        """The value for ENV, also set in os.environ (queue workers started after this inherit it); None
-        where it did not start (every stage then imports for itself)."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.path.exists() and self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not self.path.exists():
-            log.warning("the warm stage server did not start (its output: %s); every stage imports for itself",
-                        self.log_file)
-            return None
-        os.environ[ENV] = str(self.path)
-        log.info("warm stage server %d ready: train and evaluate skip their imports", self.proc.pid)
-        return str(self.path)
-
-
 @contextmanager
-def warm_server(cwd: Path) -> Iterator[Warm | None]:
-    """Start a warm stage server for the stages run under cwd (with cwd/src first on its path, as the
-    stage commands have it) and stop it when the block ends, letting running stages finish; None on
-    other systems than Linux and where L2LAB_WARM=0 (then every stage imports for itself)."""
+def warm_server(cwd: Path) -> Iterator[str | None]:
+    """A warm stage server for the stages run under cwd (with cwd/src first on its path, as the stage
+    commands have it) while the block runs; yield the value of ENV, set in os.environ at once (queue
+    workers started in the block inherit it; a stage that starts before the server listens waits for
+    it), or None on other systems than Linux and where L2LAB_WARM=0 (every stage imports for itself).
+    When the block ends it stops, letting running stages finish."""
     if sys.platform != "linux" or os.environ.get("L2LAB_WARM", "1") == "0":
         yield None
         return
@@ -232,13 +211,19 @@ def warm_server(cwd: Path) -> Iterator[Warm | None]:
     with log_file.open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "l2lab.warm_server", "--socket", str(path)], cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    (folder / PID_FILE).write_text(str(proc.pid))
+    os.environ[ENV] = str(path)
+    log.info("warm stage server %d starting: train and evaluate will skip their imports", proc.pid)
     try:
-        yield Warm(proc, path, log_file)
+        yield str(path)
     finally:
         if saved is None:
             os.environ.pop(ENV, None)
         else:
             os.environ[ENV] = saved
+        if proc.poll() is not None and proc.returncode != 0:
+            log.warning("the warm stage server ended early (status %d; it said: %s); the stages imported for themselves",
+                        proc.returncode, last_line(log_file))
         proc.terminate()  # it lets running stages end first
         try:
             proc.wait(timeout=STOP_TIMEOUT)
@@ -246,6 +231,11 @@ def warm_server(cwd: Path) -> Iterator[Warm | None]:
             proc.kill()
             proc.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def last_line(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else "nothing"
 
 
 def main() -> None:

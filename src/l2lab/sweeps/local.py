@@ -28,13 +28,12 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
     jobs = worker_count(jobs, len(points))
     store = connect(cwd)
     end_stale_runs(store)
-    with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent, warm_server(cwd) as warm:
+    # The warm server imports TensorFlow and MLflow while the points are queued; stages wait for it.
+    with warm_server(cwd), sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
         runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name, point.sets) for point in points}
         queue_points(points, cwd)
         if queue_state(cwd)[1] == 0:
             clear_stale_controls(cwd)
-        if warm is not None:
-            warm.ready()  # it imported TensorFlow and MLflow while the points were queued
         start_workers(jobs, cwd)
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
