@@ -12,7 +12,7 @@ from l2lab.errors import L2labError
 from l2lab.params import ParamsError
 from l2lab.sweeps.report import choose_champion, markdown, plot_axis, sweep_table
 from l2lab.sweeps.dvcqueue import queue_state
-from l2lab.sweeps.follow import AGAIN, STALLED_POLLS, wait
+from l2lab.sweeps.follow import AGAIN, POLL_SECONDS, SETTLE_SECONDS, STALLED_POLLS, wait
 from l2lab.sweeps.grid import grid, parse_sets, parse_values, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,26 @@ def test_a_point_queued_again_is_followed_to_its_second_end(monkeypatch: pytest.
     result = wait(points, Path("."), on_done, lambda cwd: states.pop(0))
     assert result == {"l2=0_sw": "Success", "l2=1_sw": "Failed"}
     assert calls == ["l2=0_sw", "l2=1_sw", "l2=0_sw"] and states == []
+
+
+def test_the_wait_ends_early_once_nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = grid("sw", {"train.l2": ["0"]}, {})
+    clock, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:  # a clock of its own: the test waits for nothing
+        clock[0] += seconds
+        slept.append(seconds)
+
+    monkeypatch.setattr("l2lab.sweeps.follow.time.sleep", sleep)
+    monkeypatch.setattr("l2lab.sweeps.follow.time.monotonic", lambda: clock[0])
+    states = [({"l2=0_sw": "Running"}, 1)] * 2 + [({"l2=0_sw": "Success"}, 1)]
+    live = [True] * 12 + [False]  # its run ends at the 13th check (7 s in), then DVC commits it
+    result = wait(points, Path("."), lambda name, status: None, lambda cwd: states.pop(0),
+                  settled=lambda: not live.pop(0) if live else True)
+    assert result == {"l2=0_sw": "Success"} and states == []
+    # First wait: the whole poll (5 s, checks every 0.5 s); the second ends at the check that finds the
+    # run ended (7 s in), and the queue is read then, not at 10 s.
+    assert sum(slept) == pytest.approx(POLL_SECONDS + 4 * SETTLE_SECONDS)
 
 
 @pytest.mark.fault

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import subprocess
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 
 from l2lab.commands import RETRAIN, checked, dvc, dvc_command, git, set_args
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, first_line
 from l2lab.sweeps.grid import Point
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,18 @@ def worker_count(requested: int, points: int, cores: int | None = None) -> int:
 
 
 def queue_points(points: list[Point], cwd: Path) -> None:
-    """Queue every point as a named DVC experiment."""
-    for point in points:
-        dvc("exp", "run", "--queue", "-n", point.name, *set_args(point.sets), cwd=cwd)
-        log.info("queued %s (%s)", point.name, ", ".join(f"{k}={v}" for k, v in point.sets.items()))
+    """Queue every point as a named DVC experiment: what `dvc exp run --queue -n NAME -S KEY=VALUE ...`
+    does, through DVC's Python API in this process (0.15 s a point instead of 1.6 s for a dvc process)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo(str(cwd)) as repo, contextlib.redirect_stdout(io.StringIO()):  # DVC's "Queued experiment ..." lines
+        for point in points:
+            try:
+                repo.experiments.run(params=[f"{k}={v}" for k, v in point.sets.items()], queue=True, name=point.name)
+            except DvcException as exc:
+                raise L2labError(f"dvc exp run --queue -n {point.name} failed: {first_line(exc)}") from None
+            log.info("queued %s (%s)", point.name, ", ".join(f"{k}={v}" for k, v in point.sets.items()))
 
 
 def retrain(point: Point, cwd: Path) -> None:

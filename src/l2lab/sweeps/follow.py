@@ -14,7 +14,8 @@ from l2lab.sweeps.grid import Point
 log = logging.getLogger(__name__)
 
 
-POLL_SECONDS = 5.0
+POLL_SECONDS = 5.0  # between reads of DVC's queue (each opens the repo: about 0.3 s of a core)
+SETTLE_SECONDS = 0.5  # between the cheap checks that end a wait early (settled)
 
 
 STALLED_POLLS = 6  # polls with nothing running and no worker alive before a sweep gives up
@@ -55,7 +56,8 @@ AGAIN = "Queued again"  # what on_done returns for a point it put back in the qu
 
 def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | None],
          read_state: Callable[[Path], tuple[dict[str, str], int]],
-         progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None)) -> dict[str, str]:
+         progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None),
+         settled: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """Poll the queue until every point is done; call on_done(name, status) once for each.
 
     on_done returns the point's final status (None: the queue's), or AGAIN when it queued
@@ -65,7 +67,10 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
     while points run, with each running point's epoch (from progress(name)). A running
     point is alive whatever the worker count says (DVC can report 0 workers while a
     task runs); the sweep gives up only when none of its points runs and no worker is
-    left for STALLED_POLLS polls in a row.
+    left for STALLED_POLLS polls in a row. Between two reads of the queue it waits
+    POLL_SECONDS, or less once settled() says that nothing is left running (the last
+    points' runs have ended, and DVC is committing them): the sweep's end is not held
+    back by a poll.
     """
     names = [p.name for p in points]
     seen: dict[str, str] = {}
@@ -94,5 +99,8 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
             log.info("sweep progress: %s", progress_line(len(seen), len(names), failed, live, now - started))
             last_counts, last_logged = counts, now
         if len(seen) < len(names):
-            time.sleep(POLL_SECONDS)
+            deadline, step = time.monotonic() + POLL_SECONDS, min(SETTLE_SECONDS, POLL_SECONDS)
+            time.sleep(step)
+            while time.monotonic() < deadline and not settled():
+                time.sleep(step)
     return seen

@@ -11,7 +11,7 @@ from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Sweep, plan
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
-from l2lab.tracking.sweeps import end_incomplete, end_unstarted, never_trained, point_progress, reserve, sweep_parent
+from l2lab.tracking.sweeps import end_incomplete, end_unstarted, never_trained, point_progress, points_live, reserve, sweep_parent
 from l2lab.warm_server import warm_server
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
             return Progress(done_epochs, epochs[name], val)
 
         try:  # the workers leave by themselves once the queue is empty (DVC: after 10 s idle)
-            results = wait(points, cwd, done, queue_state, progress=progress)
+            results = wait(points, cwd, done, queue_state, progress=progress,
+                           settled=lambda: not points_live(store, parent.run_id))
         except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started
             stop_points([p.name for p in points], cwd)
             raise

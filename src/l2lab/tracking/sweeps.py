@@ -78,6 +78,13 @@ def end_unstarted(store: Store, run_id: str) -> None:
         store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
 
 
+def points_live(store: Store, parent_id: str) -> bool:
+    """Whether any point run of the sweep is still reserved or running (two one-row queries: cheap
+    enough to ask twice a second)."""
+    return any(search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = '{status}'",
+                           max_results=1) for status in ("RUNNING", RESERVED))
+
+
 INCOMPLETE_TAG = "l2lab.incomplete"  # why a run that ended FINISHED is no result
 
 
