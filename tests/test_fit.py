@@ -221,8 +221,8 @@ def learnable(n, seed):
     y = rng.integers(0, 10, n)
     return draw_images(y, rng), y.astype(np.int64)
 
-train = TrainParams(seed=3, l2=1e-3, l1=0.0, weight_decay=0.0, learning_rate=1e-3, batch_size=32, epochs=2,
-                    precision="float32")
+train = TrainParams(**{**dict(seed=3, l2=1e-3, l1=0.0, weight_decay=0.0, learning_rate=1e-3, batch_size=32,
+                               epochs=2, precision="float32"), **json.loads(sys.argv[2])})
 out = []
 for _ in range(int(sys.argv[1])):  # as the train stage does: the splits' batches first, then fit
     data, val = input_pipelines(train, learnable(256, 0), learnable(64, 1))
@@ -233,7 +233,11 @@ print(json.dumps(out))
 """
 
 
-def test_a_second_fit_in_one_process_gives_what_a_fresh_process_gives() -> None:
+# Adam at a constant rate (the default), and SGD with Nesterov momentum, decoupled decay (SGDW), a cosine
+# schedule with warm-up and flip-and-crop augmentation: each the same, bit for bit, in a fresh process.
+@pytest.mark.parametrize("overrides", [{}, {"optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 5e-4,
+                                            "schedule": "cosine", "warmup_epochs": 1, "augment": "flip_crop"}])
+def test_a_second_fit_in_one_process_gives_what_a_fresh_process_gives(overrides: dict) -> None:
     """The second fit's shuffle was seeded by the global seed the first had set (lambda 1e-4: val_accuracy
     0.4758 after another fit, 0.4814 in a fresh process). Subprocesses: pytest has trained already."""
     import json
@@ -241,10 +245,47 @@ def test_a_second_fit_in_one_process_gives_what_a_fresh_process_gives() -> None:
     import sys
 
     def runs(count: int) -> list[dict]:
-        proc = subprocess.run([sys.executable, "-c", TWICE, str(count)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, "-c", TWICE, str(count), json.dumps(overrides)], capture_output=True,
+                              text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     first, second = runs(2)
     (fresh,) = runs(1)
     assert first == fresh and second == fresh  # history and weights, bit for bit
+
+
+def test_flip_crop_gives_each_image_a_flipped_or_not_and_shifted_copy_of_itself() -> None:
+    from l2lab.augment import PAD, flip_crop
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (16, 32, 32, 3), dtype=np.uint8)  # no zeros: padding shows as 0
+    out = flip_crop(tf.constant(images), tf.constant([7, 3], tf.int64)).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    shapes = set()
+    for image, got in zip(images, out):
+        matches = [(flipped, top, left)
+                   for flipped, source in ((False, image), (True, image[:, ::-1]))
+                   for top in range(2 * PAD + 1) for left in range(2 * PAD + 1)
+                   if np.array_equal(np.pad(source, ((PAD, PAD), (PAD, PAD), (0, 0)))[top:top + 32, left:left + 32], got)]
+        assert matches, "not a flip and crop of its own image"
+        shapes.add(matches[0])
+    assert len(shapes) > 4  # the offsets and flips vary from image to image
+    again = flip_crop(tf.constant(images), tf.constant([7, 3], tf.int64)).numpy()
+    other = flip_crop(tf.constant(images), tf.constant([7, 4], tf.int64)).numpy()
+    assert np.array_equal(out, again) and not np.array_equal(out, other)  # the seed decides, and only it
+
+
+def test_augmentation_changes_training_but_never_the_validation_images() -> None:
+    x, y = learnable(256, 0)
+    val = learnable(64, 1)
+    histories = {}
+    for augment in ("none", "flip_crop"):
+        train = TrainParams(**{**TRAIN, "epochs": 2, "batch_size": 32, "augment": augment})
+        data, val_batches = input_pipelines(train, (x, y), val)
+        model, history = fit(train, data, val_batches, lambda epoch, logs: None)
+        histories[augment] = history
+        # val_accuracy is the trained network's accuracy on the raw validation images
+        predicted = model.predict(val[0], verbose=0).argmax(axis=1)
+        assert history["val_accuracy"][-1] == pytest.approx(float(np.mean(predicted == val[1])), abs=1e-6)
+    assert histories["none"]["loss"] != histories["flip_crop"]["loss"]

@@ -69,3 +69,26 @@ def test_weight_decay_uses_adamw_and_spares_biases() -> None:
     decayed.build(model.trainable_variables)
     spared = {v.path for v in model.trainable_variables if not decayed._use_weight_decay(v)}
     assert spared and all(path.endswith("bias") for path in spared)
+
+
+def test_sgd_with_nesterov_momentum_and_decoupled_decay_is_sgdw() -> None:
+    plain = build_optimizer(TrainParams(**{**TRAIN, "optimizer": "sgd"}))
+    assert type(plain) is keras.optimizers.SGD and plain.momentum == pytest.approx(0.9) and plain.nesterov
+    assert plain.weight_decay is None
+    sgdw = build_optimizer(TrainParams(**{**TRAIN, "optimizer": "sgd", "momentum": 0.5, "nesterov": False,
+                                          "weight_decay": 5e-4}))
+    assert sgdw.momentum == pytest.approx(0.5) and not sgdw.nesterov and sgdw.weight_decay == pytest.approx(5e-4)
+    model = network(0.0, 0.0, 0)
+    sgdw.build(model.trainable_variables)
+    assert all(v.path.endswith("bias") for v in model.trainable_variables if not sgdw._use_weight_decay(v))
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run_after_its_warmup() -> None:
+    from l2lab.model import learning_rate
+
+    assert learning_rate(TrainParams(**TRAIN), 100) == 0.001  # constant: the number itself, as before
+    cosine = learning_rate(TrainParams(**{**TRAIN, "epochs": 4, "schedule": "cosine"}), 100)
+    assert [float(cosine(step)) for step in (0, 200, 400)] == pytest.approx([0.001, 0.0005, 0.0], abs=1e-9)
+    warm = learning_rate(TrainParams(**{**TRAIN, "epochs": 4, "schedule": "cosine", "warmup_epochs": 1}), 100)
+    assert [float(warm(step)) for step in (0, 50, 100, 250, 400)] == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.0],
+                                                                                 abs=1e-9)

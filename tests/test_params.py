@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,43 @@ def test_repo_params_load_and_flatten(raw: dict) -> None:
     assert flat["data.train_size"] is None
     assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "data.train_size", "train.seed", "train.l2",
                          "train.l1", "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs",
-                         "train.precision"}
+                         "train.precision", "train.optimizer", "train.momentum", "train.nesterov", "train.schedule",
+                         "train.warmup_epochs", "train.augment"}
+
+
+def test_a_params_file_from_before_the_optimizer_keys_trains_as_it_did(raw: dict) -> None:
+    old = copy.deepcopy(raw)
+    for key in ("optimizer", "momentum", "nesterov", "schedule", "warmup_epochs", "augment"):
+        del old["train"][key]
+    train = parse_params(old).train
+    assert (train.optimizer, train.schedule, train.augment, train.warmup_epochs) == ("adam", "constant", "none", 0)
+    assert train == parse_params(raw).train  # params.yaml states the same defaults
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("optimizer", "rmsprop", "train.optimizer: Input should be 'adam' or 'sgd' (got 'rmsprop')"),
+    ("momentum", 1.0, "train.momentum: Input should be less than 1 (got 1.0)"),
+    ("nesterov", "yes", "train.nesterov: Input should be a valid boolean (got 'yes')"),
+    ("schedule", "step", "train.schedule: Input should be 'constant' or 'cosine' (got 'step')"),
+    ("augment", "mixup", "train.augment: Input should be 'none' or 'flip_crop' (got 'mixup')"),
+])
+def test_bad_optimizer_schedule_and_augment_values_name_the_key(raw: dict, key: str, value: object, message: str) -> None:
+    bad = copy.deepcopy(raw)
+    bad["train"][key] = value
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params(bad)
+
+
+def test_warmup_needs_a_cosine_schedule_and_fewer_epochs_than_the_run(raw: dict) -> None:
+    bad = copy.deepcopy(raw)
+    bad["train"]["warmup_epochs"] = 1
+    with pytest.raises(ParamsError, match=r"train.warmup_epochs: applies to train.schedule cosine only"):
+        parse_params(bad)
+    bad["train"].update(schedule="cosine", warmup_epochs=bad["train"]["epochs"])
+    with pytest.raises(ParamsError, match=r"train.warmup_epochs: must be fewer than train.epochs = 10 \(got 10\)"):
+        parse_params(bad)
+    bad["train"]["warmup_epochs"] = 2
+    assert parse_params(bad).train.warmup_epochs == 2
 
 
 def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
@@ -67,7 +104,7 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
         ("data.train_size", "5000", "data.train_size: Input should be a valid integer (got '5000')"),
         ("seed", 42, "seed: unknown key"),  # the old top-level seed is now data.split_seed and train.seed
         ("train.precision", "float16", "train.precision: Input should be 'float32', 'mixed_bfloat16' or 'mixed_float16'"),
-        ("train.momentum", 0.9, "train.momentum: unknown key"),
+        ("train.beta_1", 0.9, "train.beta_1: unknown key"),
         ("extra", 1, "extra: unknown key"),
     ],
 )

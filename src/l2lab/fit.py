@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context
 
+from l2lab.augment import flip_crop
 from l2lab.data import TENSOR_ALIGNMENT
 from l2lab.devices import prepare_device
 from l2lab.errors import L2labError
@@ -116,12 +117,14 @@ def pipeline_options() -> tf.data.Options:
 
 
 class DeviceResident(keras.Model):
-    """Trains network on index batches, gathering images and labels from the split's table on the device."""
+    """Trains network on index batches, gathering images and labels from the split's table on the device
+    (and augmenting the training images there, when train.augment asks)."""
 
     def __init__(self, network: keras.Model, train_table: tuple[tf.Tensor, tf.Tensor],
-                 val_table: tuple[tf.Tensor, tf.Tensor]) -> None:
+                 val_table: tuple[tf.Tensor, tf.Tensor], augment: str = "none", seed: int = 0) -> None:
         super().__init__(name=f"{network.name}_on_device")
         self.network, self.train_table, self.val_table = network, train_table, val_table
+        self.augment, self.seed = augment, seed
 
     def call(self, inputs, training=False):  # noqa: ANN001
         return self.network(inputs, training=training)
@@ -132,7 +135,11 @@ class DeviceResident(keras.Model):
         return tf.gather(images, index), tf.gather(labels, index)
 
     def train_step(self, index):  # noqa: ANN001
-        return super().train_step(self._gather(self.train_table, index))
+        images, labels = self._gather(self.train_table, index)
+        if self.augment == "flip_crop":  # seeded by (train.seed, this step's number): same params, same images
+            step = tf.cast(self.optimizer.iterations, tf.int64)
+            images = flip_crop(images, tf.stack([tf.constant(self.seed, tf.int64), step]))
+        return super().train_step((images, labels))
 
     def test_step(self, index):  # noqa: ANN001
         return super().test_step(self._gather(self.val_table, index))
@@ -235,8 +242,8 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
     # mixed_float16: compile wraps the optimizer in Keras's LossScaleOptimizer (dynamic loss scaling).
     keras.mixed_precision.set_global_policy(train.precision)
     network = build_model(train)
-    model = DeviceResident(network, data.table, val.table)
-    model = compile_model(train, steps_per_execution(data.steps), model)
+    model = DeviceResident(network, data.table, val.table, train.augment, train.seed)
+    model = compile_model(train, steps_per_execution(data.steps), model, steps_per_epoch=data.steps)
     history = model.fit(
         data.dataset,
         steps_per_epoch=data.steps,

@@ -37,22 +37,45 @@ def build_model(train: TrainParams) -> keras.Model:
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def build_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
-    """Adam, or AdamW when weight_decay > 0 (decoupled decay on kernels only)."""
-    if train.weight_decay == 0:
-        return keras.optimizers.Adam(learning_rate=train.learning_rate)
-    optimizer = keras.optimizers.AdamW(learning_rate=train.learning_rate, weight_decay=train.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=["bias"])
+def learning_rate(train: TrainParams, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """train.learning_rate, constant; or, for schedule cosine, a cosine decay from it to 0 over every
+    step of the run (epochs x steps_per_epoch), after warmup_epochs of linear ramp from 0 to it."""
+    if train.schedule == "constant":
+        return train.learning_rate
+    total, warmup = train.epochs * steps_per_epoch, train.warmup_epochs * steps_per_epoch
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=total)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=total - warmup, warmup_target=train.learning_rate,
+                                                  warmup_steps=warmup)
+
+
+def build_optimizer(train: TrainParams, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    """Adam, or SGD with momentum (Nesterov where asked); weight_decay > 0 adds Keras's decoupled decay,
+    w -= lr_t * weight_decay * w each step, on kernels only: AdamW and SGDW. The penalty train.l2 is
+    in the loss (model.py's regularizers), so its gradient goes through the optimizer (and, under
+    Adam, through its per-weight scaling), which decoupled decay does not."""
+    lr = learning_rate(train, steps_per_epoch)
+    decay = train.weight_decay if train.weight_decay > 0 else None
+    if train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=train.momentum, nesterov=train.nesterov,
+                                         weight_decay=decay)
+    elif decay is None:
+        return keras.optimizers.Adam(learning_rate=lr)
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=decay)
+    if decay is not None:
+        optimizer.exclude_from_weight_decay(var_names=["bias"])
     return optimizer
 
 
 def compile_model(train: TrainParams, steps_per_execution: int = 1, model: keras.Model | None = None,
-                  optimizer: keras.optimizers.Optimizer | None = None) -> keras.Model:
+                  optimizer: keras.optimizers.Optimizer | None = None, steps_per_epoch: int = 1) -> keras.Model:
     """model (default: a freshly initialised network, train.seed), compiled for these training params
-    (with optimizer, where given: one that has trained it already)."""
+    (with optimizer, where given: one that has trained it already; else a new one, its schedule over
+    steps_per_epoch steps an epoch)."""
     model = model if model is not None else build_model(train)
     model.compile(
-        optimizer=optimizer if optimizer is not None else build_optimizer(train),
+        optimizer=optimizer if optimizer is not None else build_optimizer(train, steps_per_epoch),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,

@@ -93,6 +93,24 @@ class TrainParams(_Section):
     epochs: int = Field(ge=1, le=10_000)
     # compute dtype; variables stay float32. mixed_float16 (NVIDIA GPUs) trains with dynamic loss scaling
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
+    # Added in 0.3.0 with defaults, so that a params.yaml without them trains as before (Adam, constant rate,
+    # no augmentation); params.yaml states them all.
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: SGD with momentum; weight_decay > 0 makes it SGDW (AdamW for adam)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # sgd only
+    nesterov: bool = True  # sgd only: Nesterov momentum
+    schedule: Literal["constant", "cosine"] = "constant"  # learning rate per step: constant, or cosine decay to 0
+    warmup_epochs: int = Field(default=0, ge=0)  # cosine only: a linear ramp from 0 over these first epochs
+    augment: Literal["none", "flip_crop"] = "none"  # training images only: random horizontal flip, pad-4 random crop
+
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_fits(cls, warmup: int, info: ValidationInfo) -> int:
+        schedule, epochs = info.data.get("schedule"), info.data.get("epochs")  # validated before it: declared first
+        if warmup and schedule != "cosine":
+            raise ValueError(f"applies to train.schedule cosine only, and train.schedule is {schedule!r}")
+        if warmup and epochs is not None and warmup >= epochs:
+            raise ValueError(f"must be fewer than train.epochs = {epochs}")
+        return warmup
 
 
 class Params(_Section):
