@@ -336,3 +336,47 @@ def test_points_that_fail_after_training_are_failed_runs_and_no_champion(project
     assert all("failed after training" in r.data.tags["l2lab.incomplete"] for r in points)
     assert all("val_accuracy" in r.data.metrics for r in points)  # they did train
     assert client(project).search_model_versions(f"name = '{REGISTERED_MODEL}'") == []
+
+
+def test_a_grid_over_any_keys_draws_heatmaps_and_its_sgd_cosine_flip_crop_points_reproduce(project: Path) -> None:
+    run(project, "dvc", "repro", "preprocess")  # the data locked first, as docs/sweeps.md says for parallel grids
+    run(project, "git", "commit", "-qam", "lock the data")
+    swept = run(project, "l2lab", "sweep", "--l2", "0,0.001", "--grid", "train.learning_rate=0.001,0.003",
+                "--grid", "train.optimizer=adam,sgd", "--jobs", "2", "-S", "train.schedule=cosine",
+                "-S", "train.augment=flip_crop")
+    assert "Best train.l2 for each train.learning_rate" in swept.stdout
+    (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
+    assert parent.data.params["sweep.train.optimizer"] == "adam,sgd"
+    children = [r for r in runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 8 and {r.info.status for r in children} == {"FINISHED"}
+    assert {(r.data.params["train.optimizer"], r.data.params["train.schedule"], r.data.params["train.augment"])
+            for r in children} == {("adam", "cosine", "flip_crop"), ("sgd", "cosine", "flip_crop")}
+    folder = project / "reports" / "sweep" / parent.data.tags["l2lab.sweep_id"]
+    for name in ("heatmap_optimizer=adam.png", "heatmap_optimizer=sgd.png", "best_per_row.csv", "accuracy_vs_lambda.png"):
+        assert (folder / name).stat().st_size > 0, name
+    best = (folder / "best_per_row.csv").read_text().splitlines()
+    assert best[0].startswith("train.optimizer,train.learning_rate,best train.l2,") and len(best) == 1 + 4
+    logged = {a.path for a in client(project).list_artifacts(parent.info.run_id, "report")}
+    assert "report/heatmap_optimizer=sgd.png" in logged
+
+    # An SGD point with its cosine schedule and augmentation, forced to run again: the same numbers.
+    sgd = next(r for r in children if r.data.params["train.optimizer"] == "sgd")
+    run(project, "dvc", "exp", "apply", sgd.info.run_name)
+    run(project, "dvc", "repro", "-f", "train", "evaluate")
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == sgd.data.metrics["test_accuracy"]
+    assert metrics["weight_norm"]["total"] == sgd.data.metrics["weight_norm.total"]
+
+
+@pytest.mark.fault
+def test_grid_refuses_a_bad_key_or_value_before_queueing(project: Path) -> None:
+    for args, message in ((["--grid", "train.optimizer=adam,rmsprop"], "train.optimizer: Input should be 'adam' or 'sgd'"),
+                          (["--grid", "train.beta_1=0.9,0.99"], "train.beta_1: unknown key"),
+                          (["--l2", "0", "--grid", "train.l2=0.1"], "--grid train.l2=... and --l2 both vary train.l2"),
+                          (["--grid", "train.augment=none,none"], "none and none are the same value")):
+        swept = run(project, "l2lab", "sweep", *args, check=False)
+        assert swept.returncode == 1 and "Traceback" not in swept.stderr
+        (line,) = [line for line in swept.stderr.splitlines() if "error:" in line]
+        assert message in line, swept.stderr
+    assert "No experiment tasks in the queue" in run(project, "dvc", "queue", "status").stdout
+    assert not (project / "mlflow.db").exists()  # nothing started: not even a sweep's parent run

@@ -42,7 +42,7 @@ def test_grid_is_the_cartesian_product_with_fixed_overrides() -> None:
     [
         ({"train.l2": ["-1"]}, {}, "train.l2: Input should be greater than or equal to 0"),
         ({"train.l2": ["0"]}, {"train.epochs": "0"}, "train.epochs: Input should be greater than or equal to 1"),
-        ({"train.l2": ["0"]}, {"train.momentum": "0.9"}, "train.momentum: unknown key"),
+        ({"train.l2": ["0"]}, {"train.beta_1": "0.9"}, "train.beta_1: unknown key"),
     ],
 )
 def test_validate_rejects_bad_points_before_queueing(axes: dict, fixed: dict, message: str) -> None:
@@ -333,3 +333,37 @@ def test_a_sweep_whose_every_point_failed_reports_them_without_a_traceback(
     text = (report.folder / "table.md").read_text()
     assert "No finished run: no champion." in text and "l2=0.2_sw" in text
     assert not list(report.folder.glob("*.png"))  # nothing finished, nothing drawn
+
+
+def test_point_keys_put_the_penalty_last_and_names_are_axes_too() -> None:
+    from l2lab.sweeps.report import point_keys
+
+    recorded = {"train.learning_rate": [3e-4, 1e-3], "train.l2": [0.0, 1e-3], "train.optimizer": ["adam", "sgd"],
+                "train.seed": [1.0, 2.0]}
+    assert point_keys(recorded) == ["train.learning_rate", "train.optimizer", "train.l2"]
+    assert plot_axis({"train.optimizer": ["adam", "sgd"], "train.learning_rate": [1e-3, 3e-3]}) == "train.learning_rate"
+    assert plot_axis({"train.augment": ["none", "flip_crop"]}) == "train.augment"
+
+
+def test_best_lambda_per_learning_rate_and_one_heatmap_per_optimizer() -> None:
+    from l2lab.sweeps.report import best_per_row, heatmap_panels, summary_table, two_axes
+
+    rows = []
+    for optimizer in ("adam", "sgd"):
+        for lr in (1e-3, 1e-2):
+            for l2 in (0.0, 1e-4, 1e-3):
+                # the best lambda grows with the rate under sgd; under adam it is always 0
+                good = (l2 == 0.0) if optimizer == "adam" else (l2 == (1e-4 if lr == 1e-3 else 1e-3))
+                rows.append({"train.optimizer": optimizer, "train.learning_rate": lr, "train.l2": l2,
+                             "status": "FINISHED", "val_accuracy": 0.6 if good else 0.5, "test_accuracy": 0.55,
+                             "val_loss": 1.0, "weight_norm_total": 10.0, "experiment": f"{optimizer}-{lr}-{l2}"})
+    keys = ["train.learning_rate", "train.optimizer", "train.l2"]
+    summary = summary_table(pd.DataFrame(rows), keys)
+    assert two_axes(summary, keys) == ("train.l2", "train.learning_rate")
+    best = best_per_row(summary, keys, "train.l2", "train.learning_rate")
+    assert best[["train.optimizer", "train.learning_rate", "best train.l2"]].values.tolist() == [
+        ["adam", 1e-3, 0.0], ["adam", 1e-2, 0.0], ["sgd", 1e-3, 1e-4], ["sgd", 1e-2, 1e-3]]
+    panels = heatmap_panels(summary, keys, "train.l2", "train.learning_rate")
+    assert sorted(panels) == ["heatmap_optimizer=adam.png", "heatmap_optimizer=sgd.png"]
+    assert len(panels["heatmap_optimizer=sgd.png"][0]) == 6  # 2 rates x 3 lambdas
+    assert two_axes(summary, ["train.optimizer", "train.l2"]) is None  # one numeric axis: no heatmap

@@ -25,6 +25,9 @@ def parser() -> argparse.ArgumentParser:
                        "(the same step under plain SGD): one report of coupled against decoupled decay")
     sweep.add_argument("--seeds", help="comma-separated training seeds (train.seed): every point runs once per "
                        "seed, on the same validation split")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="any params.yaml key as an axis, numbers or names, e.g. --grid train.learning_rate="
+                       "3e-4,1e-3 --grid train.optimizer=adam,sgd (repeatable; grids multiply)")
     sweep.add_argument("--jobs", "-j", type=int, default=2,
                        help="parallel queue workers (default 2: faster than 1 on 2 cores, see docs/performance.md)")
     sweep.add_argument("--storage", help="team mode: enqueue the grid for `l2lab worker`s in this Optuna "
@@ -51,14 +54,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from l2lab.sweeps.grid import AXES, parse_sets, parse_values
+    from l2lab.sweeps.grid import AXES, parse_grid, parse_sets, parse_values
     from l2lab.sweeps.report import REPORT_DIR, make_report
     from l2lab.team.queue import storage_url
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
             for opt, key in AXES.items() if getattr(args, opt)}
+    for key, values in parse_grid(args.grid).items():
+        if key in axes:
+            option = next(f"--{opt.replace('_', '-')}" for opt, k in AXES.items() if k == key)
+            raise L2labError(f"--grid {key}=... and {option} both vary {key}; give it once")
+        axes[key] = values
     if not axes:
-        raise L2labError("give at least one grid: --l2, --l1, --weight-decay or --seeds")
+        raise L2labError("give at least one grid: --l2, --l1, --weight-decay, --seeds or --grid KEY=V1,V2")
     if args.versus_adamw and ("train.l2" not in axes or "train.weight_decay" in axes):
         raise L2labError("--versus-adamw pairs each --l2 lambda with its matched weight decay: give --l2, "
                          "and no --weight-decay")
@@ -163,6 +171,11 @@ def print_report(report) -> None:
     shown = ["experiment", *report.keys, "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")
     print(report.table[[c for c in shown if c in report.table]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if report.best_per_row is not None:
+        x = next(c for c in report.best_per_row.columns if c.startswith("best "))[len("best "):]
+        y = [c for c in report.best_per_row.columns if c in report.keys and c != x][-1]
+        print(f"Best {x} for each {y} (by mean validation accuracy):")
+        print(report.best_per_row.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(champion_line(report.champion, report.keys, report.champion_version))
 
 

@@ -62,6 +62,44 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
     return figures
 
 
+HEATMAPS = (("val_accuracy_mean", "mean val accuracy"), ("test_accuracy_mean", "mean test accuracy"),
+            ("weight_norm_total_mean", "mean total kernel norm"))
+
+
+def heatmap_figure(cells, x: str, y: str, title: str = ""):
+    """Mean validation accuracy, test accuracy and total kernel norm over a grid of two axes, one panel each;
+    x and y in grid order (a log-spaced grid shows as a log axis, 0 included); the cell with the best
+    mean validation accuracy outlined in every panel."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    plt = pyplot()
+    xs, ys = sorted(cells[x].unique()), sorted(cells[y].unique())
+    fig, axes = plt.subplots(1, len(HEATMAPS), figsize=(5.2 * len(HEATMAPS), 4.4))
+    best = cells.sort_values(["val_accuracy_mean", x], ascending=[False, True]).iloc[0]
+    for ax, (column, label) in zip(axes, HEATMAPS):
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for _, row in cells.iterrows():
+            grid[ys.index(row[y]), xs.index(row[x])] = row[column]
+        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, shrink=0.85)
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                ax.text(j, i, f"{value:.3f}" if value < 10 else f"{value:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if value < np.nanmean(grid) else "black")
+        ax.add_patch(Rectangle((xs.index(best[x]) - 0.5, ys.index(best[y]) - 0.5), 1, 1, fill=False, edgecolor="red",
+                               linewidth=2.5))
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs], rotation=45, ha="right")
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.set_title(label)
+    fig.suptitle((title + ": " if title else "") + f"best mean val accuracy outlined ({x} = {best[x]:g}, "
+                 f"{y} = {best[y]:g})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def series_groups(frame, series: str | None, axis: str) -> dict[str, object]:
     """label -> rows, sorted by axis: one unlabelled group, or one per value of series with its
     "none" rows (the unpenalized baseline of a --versus-adamw sweep) in each."""

@@ -52,6 +52,32 @@ def parse_values(option: str, text: str) -> list[str]:
     return values
 
 
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """['train.learning_rate=3e-4,1e-3', 'train.optimizer=adam,sgd'] -> {key: values}: any params.yaml key
+    (section.name), numbers or names, each value given once (as YAML reads it: 1e-3 and 0.001 are one).
+    Whether the key exists and each value is allowed is for the params schema (plan validates every point)."""
+    axes: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        option = f"--grid {item}"
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", key):
+            raise L2labError(f"{option}: expected section.key=v1,v2,..., e.g. --grid train.learning_rate=3e-4,1e-3")
+        if key in axes:
+            raise L2labError(f"{option}: {key} is already a grid axis; give its values once")
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values:
+            raise L2labError(f"{option}: give at least one value")
+        seen: dict[str, str] = {}
+        for value in values:
+            parsed = repr(YAML(typ="safe").load(value))  # what `dvc exp run -S` would write
+            if parsed in seen:
+                raise L2labError(f"{option}: {seen[parsed]} and {value} are the same value; give each value once")
+            seen[parsed] = value
+        axes[key] = values
+    return axes
+
+
 def parse_sets(sets: list[str]) -> dict[str, str]:
     """['train.epochs=1'] -> {'train.epochs': '1'}."""
     parsed = {}

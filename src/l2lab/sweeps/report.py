@@ -12,13 +12,13 @@ import pandas as pd
 
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
-from l2lab.sweeps.figures import save_figure, series_groups, sweep_figures, weight_distribution_figure
+from l2lab.sweeps.figures import heatmap_figure, save_figure, series_groups, sweep_figures, weight_distribution_figure
 from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
 from l2lab.tracking.runs import HISTOGRAMS
-from l2lab.tracking.sweeps import latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus, table_artifact
+from l2lab.tracking.sweeps import axis_value, latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus, table_artifact
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +44,40 @@ class Report:
     champion: pd.Series | None  # the row chosen by validation accuracy
     champion_version: str | None  # its version of the registered model
     folder: Path
+    best_per_row: pd.DataFrame | None = None  # two numeric axes: the best x for each y (best_per_row)
 
 
-def sweep_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per child run: swept params, epochs, accuracies, gap, norm, sparsity, names."""
+def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per child run: swept params (the sweep's axes, and the penalties and seed of every sweep),
+    epochs, accuracies, gap, norm, sparsity, names."""
     rows = []
     for run in runs:
-        row: dict[str, Any] = {key: float(run["params"][key]) for key in AXES if key in run["params"]}
+        row: dict[str, Any] = {key: axis_value(run["params"][key]) for key in (*axes, *[k for k in AXES if k not in axes])
+                               if key in run["params"]}
         row["epochs"] = int(run["params"].get("train.epochs", 0))
         row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
         row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"])
         rows.append(row)
     if not rows:
         raise L2labError("the sweep has no runs yet")
-    return pd.DataFrame(rows).sort_values([k for k in AXES if k in rows[0]]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values([k for k in (*axes, *AXES) if k in rows[0]]).reset_index(drop=True)
 
 
-def plot_axis(recorded: dict[str, list[float]]) -> str:
-    """The axis the plots put on x: the first penalty the sweep recorded as varied (train.l2 if it varied only seeds)."""
-    return next((key for key in recorded if key != SEED), "train.l2")
+PENALTIES = ("train.l2", "train.weight_decay", "train.l1")  # what the lambda plots put on x, first found first
+
+
+def plot_axis(recorded: dict[str, list[Any]]) -> str:
+    """The axis the plots put on x: the first penalty the sweep varied, else its first numeric axis, else
+    its first (train.l2 if it varied only seeds)."""
+    varied = [key for key in recorded if key != SEED]
+    numeric = [key for key in varied if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded[key])]
+    return next((key for key in PENALTIES if key in varied), next(iter(numeric or varied), "train.l2"))
+
+
+def point_keys(recorded: dict[str, list[Any]]) -> list[str]:
+    """What tells a sweep's points apart, seeds aside: every other axis in grid order, the plot axis last."""
+    axis = plot_axis(recorded)
+    return [key for key in recorded if key not in (SEED, axis)] + [axis]
 
 
 def versus_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -175,8 +190,9 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     end_stale_runs(store)
     sweep_id, parent_id = sweep.id, sweep.parent_run_id
     runs = sweep_runs(store, parent_id)
-    table = sweep_table(runs)
-    for key in sweep_axes(store, parent_id):  # a point that failed before training, in a sweep that did not tag it
+    recorded = sweep_axes(store, parent_id)
+    table = sweep_table(runs, list(recorded))
+    for key in recorded:  # a point that failed before training, in a sweep that did not tag it
         if key not in table:
             table[key] = np.nan
     histograms = final_histograms(store, table)
@@ -184,16 +200,16 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     if sweep_versus(store, parent_id):
         table, keys = versus_columns(table), [PENALTY, STRENGTH]
     else:
-        keys = [plot_axis(sweep_axes(store, parent_id))]
+        keys = point_keys(recorded)
     champion = choose_champion(table, keys)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None else None
     folder = out_root / sweep_id
-    write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
-    if histograms:  # no finished run, nothing to draw
+    best = write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
+    if histograms and (len(keys) == 1 or sweep_versus(store, parent_id)):  # one axis (or coupled vs decoupled)
         save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
                     folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
-    return Report(sweep_id, keys, table, champion, version, folder)
+    return Report(sweep_id, keys, table, champion, version, folder, best)
 
 
 def distributions(table: pd.DataFrame, keys: list[str], histograms: dict[str, pd.DataFrame]
@@ -225,25 +241,94 @@ def zero_share(histogram: pd.DataFrame) -> float:
 
 
 def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict[str, list[float]],
-                champion: pd.Series | None, version: str | None) -> None:
-    """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots."""
+                champion: pd.Series | None, version: str | None) -> pd.DataFrame | None:
+    """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots; with two
+    numeric axes also best_per_row.csv and heatmaps, and the best-per-row table is returned."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = summary_table(table, keys)
     noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None else ""
+    grid2 = two_axes(summary, keys)
+    best = best_per_row(summary, keys, *grid2) if grid2 else None
+    best_text = (f"Best {grid2[0]} for each {grid2[1]} (by mean validation accuracy):\n\n" + markdown(best) + "\n"
+                 if best is not None else "")
     with atomic_outputs(folder / "table.csv", folder / "summary.csv", folder / "table.md") as (csv_tmp, sum_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
         summary.to_csv(sum_tmp, index=False)
         md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n" + summary_markdown(summary, keys)
-                          + "\nEvery run:\n\n" + markdown(table) + "\n" + champion_line(champion, keys, version)
-                          + "\n\n" + noise + "\n")
+                          + "\n" + best_text + "\nEvery run:\n\n" + markdown(table) + "\n"
+                          + champion_line(champion, keys, version) + "\n\n" + noise + "\n")
+    if best is not None:
+        with atomic_outputs(folder / "best_per_row.csv") as (best_tmp,):
+            best.to_csv(best_tmp, index=False)
     several_seeds = SEED in table and table[SEED].nunique() > 1
     labels = {row["experiment"]: point_label(row, keys) + (f", seed {row[SEED]:g}" if several_seeds else "")
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
     if summary.empty:  # no finished run: the tables say so, and there is nothing to plot
-        return
-    for name, figure in sweep_figures(summary, keys[-1], ordered, keys[0] if len(keys) > 1 else None).items():
-        save_figure(figure, folder / name)
+        return best
+    if pd.api.types.is_numeric_dtype(summary[keys[-1]]):  # lines against a number; names have the tables
+        lines, series = with_series(summary, keys)
+        for name, figure in sweep_figures(lines, keys[-1], ordered, series).items():
+            save_figure(figure, folder / name)
+    if grid2:
+        for name, (cells, title) in heatmap_panels(summary, keys, *grid2).items():
+            save_figure(heatmap_figure(cells, *grid2, title), folder / name)
+    return best
+
+
+SERIES = "series"  # the line label of a sweep over three axes or more: every axis but the plotted one
+
+
+def with_series(summary: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, str | None]:
+    """The summary and the column whose values are the lines of its plots: none for one axis, the other
+    axis for two (or a --versus-adamw sweep's penalty), a label of all the others for more."""
+    if len(keys) <= 2:
+        return summary, (keys[0] if len(keys) > 1 else None)
+    labels = [", ".join(f"{k.split('.')[-1]}={_shown(row[k])}" for k in keys[:-1]) for _, row in summary.iterrows()]
+    return summary.assign(**{SERIES: labels}), SERIES
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def two_axes(summary: pd.DataFrame, keys: list[str]) -> tuple[str, str] | None:
+    """(x, y) of a sweep's heatmaps: two numeric axes, x the plotted one (the penalty), y the other
+    (e.g. train.learning_rate); None when the sweep has fewer than two numeric axes of several values."""
+    numeric = [k for k in keys if k in summary and pd.api.types.is_numeric_dtype(summary[k]) and summary[k].nunique() > 1]
+    if len(numeric) < 2 or keys[-1] not in numeric:
+        return None
+    return keys[-1], next(k for k in numeric if k != keys[-1])
+
+
+def heatmap_panels(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> dict[str, tuple[pd.DataFrame, str]]:
+    """File name -> (the summary rows of one heatmap, its title): one heatmap.png, or one per value of the
+    other axes (heatmap_optimizer=sgd.png)."""
+    rest = [k for k in keys if k not in (x, y)]
+    if not rest:
+        return {"heatmap.png": (summary, "")}
+    panels = {}
+    for values, cells in summary.groupby(rest, observed=True):
+        values = values if isinstance(values, tuple) else (values,)
+        label = "_".join(f"{k.split('.')[-1]}={_slug(_shown(v))}" for k, v in zip(rest, values))
+        panels[f"heatmap_{label}.png"] = (cells, ", ".join(f"{k} = {_shown(v)}" for k, v in zip(rest, values)))
+    return panels
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in text)
+
+
+def best_per_row(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.DataFrame:
+    """For each value of y (and of any other axis): the x with the best mean validation accuracy, and its
+    mean validation and test accuracy. Ties go to the lower x (the weaker penalty)."""
+    rest = [k for k in keys if k not in (x, y)]
+    rows = []
+    for _, cells in summary.groupby([*rest, y], observed=True):
+        top = cells.sort_values(["val_accuracy_mean", x], ascending=[False, True]).iloc[0]
+        rows.append({**{k: top[k] for k in (*rest, y)}, f"best {x}": top[x], "runs": top["n"],
+                     "val_accuracy_mean": top["val_accuracy_mean"], "test_accuracy_mean": top["test_accuracy_mean"]})
+    return pd.DataFrame(rows)
 
 
 def champion_line(champion: pd.Series | None, keys: list[str], version: str | None) -> str:

@@ -178,10 +178,18 @@ def sweep_parent_id(store: Store, sweep_id: str) -> str:
     return runs[0].info.run_id
 
 
-def sweep_axes(store: Store, parent_id: str) -> dict[str, list[float]]:
-    """What the sweep varied, as it logged it: params.yaml key -> its values, in grid order."""
+def axis_value(text: str) -> float | str:
+    """A swept value as a report compares it: a number where it is one ("1e-3", "0.001"), else the name."""
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def sweep_axes(store: Store, parent_id: str) -> dict[str, list[float | str]]:
+    """What the sweep varied, as it logged it: params.yaml key -> its values (numbers or names), in grid order."""
     params = store.client.get_run(parent_id).data.params
-    return {key.removeprefix(AXIS_PREFIX): [float(v) for v in value.split(",")]
+    return {key.removeprefix(AXIS_PREFIX): [axis_value(v) for v in value.split(",")]
             for key, value in params.items() if key.startswith(AXIS_PREFIX) and not key.startswith(FIXED_PREFIX)}
 
 
