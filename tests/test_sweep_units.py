@@ -367,3 +367,18 @@ def test_best_lambda_per_learning_rate_and_one_heatmap_per_optimizer() -> None:
     assert sorted(panels) == ["heatmap_optimizer=adam.png", "heatmap_optimizer=sgd.png"]
     assert len(panels["heatmap_optimizer=sgd.png"][0]) == 6  # 2 rates x 3 lambdas
     assert two_axes(summary, ["train.optimizer", "train.l2"]) is None  # one numeric axis: no heatmap
+
+
+def test_lambda_plots_draw_one_labelled_line_per_learning_rate() -> None:
+    from l2lab.sweeps.figures import sweep_figures
+    from l2lab.sweeps.report import summary_table, with_series
+
+    rows = [{"train.learning_rate": lr, "train.l2": l2, "status": "FINISHED", "val_accuracy": 0.5, "test_accuracy": 0.5,
+             "train_accuracy": 0.6, "generalization_gap": 0.1, "weight_norm_total": 10.0, "val_loss": 1.0}
+            for lr in (1e-3, 3e-3, 1e-2, 3e-2, 0.1) for l2 in (0.0, 1e-3)]  # five rates: more lines than line styles
+    keys = ["train.learning_rate", "train.l2"]
+    lines, series = with_series(summary_table(pd.DataFrame(rows), keys), keys)
+    figures = sweep_figures(lines, "train.l2", {}, series)
+    legend = [t.get_text() for t in figures["gap_vs_lambda.png"].axes[0].get_legend().get_texts()]
+    assert legend == ["learning_rate=0.001", "learning_rate=0.003", "learning_rate=0.01", "learning_rate=0.03",
+                      "learning_rate=0.1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from l2lab.files import atomic_outputs
@@ -37,7 +38,7 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
     for name, ylabel, columns in panels:
         fig, ax = plt.subplots(figsize=(6, 4))
         for column in columns:
-            for (label, rows), style in zip(lines.items(), ("-", "--", ":", "-.")):
+            for (label, rows), style in zip(lines.items(), itertools.cycle(("-", "--", ":", "-."))):
                 errors = rows[f"{column}_std"].fillna(0.0) if several else None
                 color = f"C{columns.index(column)}" if len(columns) > 1 else None
                 ax.errorbar(rows[axis], rows[f"{column}_mean"], yerr=errors, marker="o", capsize=3, linestyle=style,
@@ -108,8 +109,13 @@ def series_groups(frame, series: str | None, axis: str) -> dict[str, object]:
     if series is None:
         return {"": frame.sort_values(axis)}
     base = frame[frame[series] == "none"]
-    return {name: pd.concat([base, group]).sort_values(axis)
+    return {_series_label(series, name): pd.concat([base, group]).sort_values(axis)
             for name, group in frame[frame[series] != "none"].groupby(series, observed=True)}
+
+
+def _series_label(series: str, value: object) -> str:
+    """A line's legend label: a name as it is ("AdamW"), a number with its key ("learning_rate=0.001")."""
+    return value if isinstance(value, str) else f"{series.split('.')[-1]}={value:g}"
 
 
 def weight_distribution_figure(histograms: dict[str, dict[float, object]], axis: str):
