@@ -20,7 +20,7 @@ from l2lab.tracking.store import EXPERIMENT
 from project import clone_project, env, run, set_params
 
 pytestmark = [pytest.mark.team, pytest.mark.e2e]
-GRID = ["0", "0.001", "0.01", "0.1"]
+GRID = {"train.l2": ["0", "0.001"], "train.optimizer": ["adam", "sgd"]}  # --l2 and --grid: 4 points
 
 
 @pytest.fixture
@@ -82,7 +82,8 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     for clone in workers:
         run(tmp_path, "git", "clone", "-q", str(remote), str(clone))
 
-    sweep = start(admin, stack, "l2lab", "sweep", "--l2", ",".join(GRID), log=tmp_path / "sweep.log")
+    sweep = start(admin, stack, "l2lab", "sweep", "--l2", ",".join(GRID["train.l2"]),
+                  "--grid", "train.optimizer=" + ",".join(GRID["train.optimizer"]), log=tmp_path / "sweep.log")
     client = MlflowClient(stack.tracking_uri)
     wait_for(lambda: "points enqueued for team workers" in (tmp_path / "sweep.log").read_text(), 120, "the grid")
     procs = [start(clone, stack, "l2lab", "worker", log=tmp_path / f"{clone.name}.log") for clone in workers]
@@ -112,9 +113,11 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     by_point: dict[str, list] = {}
     for r in children:
         by_point.setdefault(r.data.tags["dvc.exp_name"], []).append(r)
-    assert len(by_point) == len(GRID)
+    assert len(by_point) == 4
     for name, point_runs in by_point.items():  # exactly one FINISHED run per point
         assert [r.info.status for r in point_runs].count("FINISHED") == 1, name
+    assert sorted((r.data.params["train.l2"], r.data.params["train.optimizer"]) for r in children
+                  if r.info.status == "FINISHED") == [("0.0", "adam"), ("0.0", "sgd"), ("0.001", "adam"), ("0.001", "sgd")]
     # The killed worker's run ended KILLED (its guard interrupted the training), not FINISHED.
     assert client.get_run(killed_run.info.run_id).info.status == "KILLED"
     assert len(by_point[killed_run.data.tags["dvc.exp_name"]]) == 2
