@@ -352,12 +352,12 @@ def test_a_grid_over_any_keys_draws_heatmaps_and_its_sgd_cosine_flip_crop_points
     assert {(r.data.params["train.optimizer"], r.data.params["train.schedule"], r.data.params["train.augment"])
             for r in children} == {("adam", "cosine", "flip_crop"), ("sgd", "cosine", "flip_crop")}
     folder = project / "reports" / "sweep" / parent.data.tags["l2lab.sweep_id"]
-    for name in ("heatmap_optimizer=adam.png", "heatmap_optimizer=sgd.png", "best_per_row.csv", "accuracy_vs_lambda.png"):
+    for name in ("heatmap_learning_rate_l2_optimizer=adam.png", "heatmap_learning_rate_l2_optimizer=sgd.png", "best_per_row.csv", "accuracy_vs_lambda.png"):
         assert (folder / name).stat().st_size > 0, name
     best = (folder / "best_per_row.csv").read_text().splitlines()
     assert best[0].startswith("train.optimizer,train.learning_rate,best train.l2,") and len(best) == 1 + 4
     logged = {a.path for a in client(project).list_artifacts(parent.info.run_id, "report")}
-    assert "report/heatmap_optimizer=sgd.png" in logged
+    assert "report/heatmap_learning_rate_l2_optimizer=sgd.png" in logged
 
     # An SGD point with its cosine schedule and augmentation, forced to run again: the same numbers.
     sgd = next(r for r in children if r.data.params["train.optimizer"] == "sgd")

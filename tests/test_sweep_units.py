@@ -364,8 +364,8 @@ def test_best_lambda_per_learning_rate_and_one_heatmap_per_optimizer() -> None:
     assert best[["train.optimizer", "train.learning_rate", "best train.l2"]].values.tolist() == [
         ["adam", 1e-3, 0.0], ["adam", 1e-2, 0.0], ["sgd", 1e-3, 1e-4], ["sgd", 1e-2, 1e-3]]
     panels = heatmap_panels(summary, keys, "train.l2", "train.learning_rate")
-    assert sorted(panels) == ["heatmap_optimizer=adam.png", "heatmap_optimizer=sgd.png"]
-    assert len(panels["heatmap_optimizer=sgd.png"][0]) == 6  # 2 rates x 3 lambdas
+    assert sorted(panels) == ["heatmap_learning_rate_l2_optimizer=adam.png", "heatmap_learning_rate_l2_optimizer=sgd.png"]
+    assert len(panels["heatmap_learning_rate_l2_optimizer=sgd.png"][0]) == 6  # 2 rates x 3 lambdas
     assert two_axes(summary, ["train.optimizer", "train.l2"]) is None  # one numeric axis: no heatmap
 
 

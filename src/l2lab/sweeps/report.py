@@ -302,16 +302,18 @@ def two_axes(summary: pd.DataFrame, keys: list[str]) -> tuple[str, str] | None:
 
 
 def heatmap_panels(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> dict[str, tuple[pd.DataFrame, str]]:
-    """File name -> (the summary rows of one heatmap, its title): one heatmap.png, or one per value of the
-    other axes (heatmap_optimizer=sgd.png)."""
+    """File name -> (the summary rows of one heatmap, its title): heatmap_<y>_<x>.png
+    (heatmap_learning_rate_l2.png), or one per value of the other axes
+    (heatmap_learning_rate_l2_optimizer=sgd.png)."""
     rest = [k for k in keys if k not in (x, y)]
+    stem = f"heatmap_{y.split('.')[-1]}_{x.split('.')[-1]}"
     if not rest:
-        return {"heatmap.png": (summary, "")}
+        return {f"{stem}.png": (summary, "")}
     panels = {}
     for values, cells in summary.groupby(rest, observed=True):
         values = values if isinstance(values, tuple) else (values,)
         label = "_".join(f"{k.split('.')[-1]}={_slug(_shown(v))}" for k, v in zip(rest, values))
-        panels[f"heatmap_{label}.png"] = (cells, ", ".join(f"{k} = {_shown(v)}" for k, v in zip(rest, values)))
+        panels[f"{stem}_{label}.png"] = (cells, ", ".join(f"{k} = {_shown(v)}" for k, v in zip(rest, values)))
     return panels
 
 
