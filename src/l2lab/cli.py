@@ -166,15 +166,13 @@ def ui(args: argparse.Namespace) -> int:
 
 
 def print_report(report) -> None:
-    from l2lab.sweeps.report import champion_line
+    from l2lab.sweeps.report import best_title, champion_line
 
     shown = ["experiment", *report.keys, "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")
     print(report.table[[c for c in shown if c in report.table]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if report.best_per_row is not None:
-        x = next(c for c in report.best_per_row.columns if c.startswith("best "))[len("best "):]
-        y = [c for c in report.best_per_row.columns if c in report.keys and c != x][-1]
-        print(f"Best {x} for each {y} (by mean validation accuracy):")
+    if report.heat_axes is not None:
+        print(best_title(*report.heat_axes))
         print(report.best_per_row.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(champion_line(report.champion, report.keys, report.champion_version))
 

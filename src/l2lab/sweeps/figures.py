@@ -67,6 +67,11 @@ HEATMAPS = (("val_accuracy_mean", "mean val accuracy"), ("test_accuracy_mean", "
             ("weight_norm_total_mean", "mean total kernel norm"))
 
 
+def best_cell(cells, x: str):
+    """The row of cells with the best mean validation accuracy; ties go to the lower x (the weaker penalty)."""
+    return cells.sort_values(["val_accuracy_mean", x], ascending=[False, True]).iloc[0]
+
+
 def heatmap_figure(cells, x: str, y: str, title: str = ""):
     """Mean validation accuracy, test accuracy and total kernel norm over a grid of two axes, one panel each;
     x and y in grid order (a log-spaced grid shows as a log axis, 0 included); the cell with the best
@@ -77,7 +82,7 @@ def heatmap_figure(cells, x: str, y: str, title: str = ""):
     plt = pyplot()
     xs, ys = sorted(cells[x].unique()), sorted(cells[y].unique())
     fig, axes = plt.subplots(1, len(HEATMAPS), figsize=(5.2 * len(HEATMAPS), 4.4))
-    best = cells.sort_values(["val_accuracy_mean", x], ascending=[False, True]).iloc[0]
+    best = best_cell(cells, x)
     for ax, (column, label) in zip(axes, HEATMAPS):
         grid = np.full((len(ys), len(xs)), np.nan)
         for _, row in cells.iterrows():

@@ -103,11 +103,11 @@ def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str], versu
     With versus_adamw, every non-zero train.l2 value also runs as AdamW at the matched
     weight_decay (MATCHED_DECAY * lambda, train.l2 = 0); lambda = 0 runs once (plain Adam).
     """
-    choices = [[(f"{key.split('.')[-1]}={_slug(v)}", {key: v}) for v in values] for key, values in axes.items()]
+    choices = [[(f"{key.split('.')[-1]}={slug(v)}", {key: v}) for v in values] for key, values in axes.items()]
     if versus_adamw:
         at = list(axes).index(L2)
-        choices[at] = ([(f"l2={_slug(v)}", {L2: v, WEIGHT_DECAY: "0"}) for v in axes[L2]]
-                       + [(f"weight_decay={_slug(d)}", {L2: "0", WEIGHT_DECAY: d})
+        choices[at] = ([(f"l2={slug(v)}", {L2: v, WEIGHT_DECAY: "0"}) for v in axes[L2]]
+                       + [(f"weight_decay={slug(d)}", {L2: "0", WEIGHT_DECAY: d})
                           for d in (f"{MATCHED_DECAY * float(v):g}" for v in axes[L2] if float(v) > 0)])
     points = []
     for combo in itertools.product(*choices):
@@ -116,7 +116,7 @@ def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str], versu
     return points
 
 
-def _slug(value: str) -> str:
+def slug(value: str) -> str:
     """A value as it may stand in a git ref name."""
     return re.sub(r"[^0-9A-Za-z.+-]", "_", value).replace("..", "_")
 

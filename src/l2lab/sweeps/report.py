@@ -12,8 +12,8 @@ import pandas as pd
 
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs
-from l2lab.sweeps.figures import heatmap_figure, save_figure, series_groups, sweep_figures, weight_distribution_figure
-from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep
+from l2lab.sweeps.figures import best_cell, heatmap_figure, save_figure, series_groups, sweep_figures, weight_distribution_figure
+from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep, slug
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
@@ -45,22 +45,23 @@ class Report:
     champion_version: str | None  # its version of the registered model
     folder: Path
     best_per_row: pd.DataFrame | None = None  # two numeric axes: the best x for each y (best_per_row)
+    heat_axes: tuple[str, str] | None = None  # those axes, (x, y), where the sweep has them
 
 
 def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.DataFrame:
     """One row per child run: swept params (the sweep's axes, and the penalties and seed of every sweep),
     epochs, accuracies, gap, norm, sparsity, names."""
+    keys = list(dict.fromkeys((*axes, *AXES)))  # the sweep's axes first, then the others every sweep has
     rows = []
     for run in runs:
-        row: dict[str, Any] = {key: axis_value(run["params"][key]) for key in (*axes, *[k for k in AXES if k not in axes])
-                               if key in run["params"]}
+        row: dict[str, Any] = {key: axis_value(run["params"][key]) for key in keys if key in run["params"]}
         row["epochs"] = int(run["params"].get("train.epochs", 0))
         row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
         row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"])
         rows.append(row)
     if not rows:
         raise L2labError("the sweep has no runs yet")
-    return pd.DataFrame(rows).sort_values([k for k in (*axes, *AXES) if k in rows[0]]).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values([k for k in keys if k in rows[0]]).reset_index(drop=True)
 
 
 PENALTIES = ("train.l2", "train.weight_decay", "train.l1")  # what the lambda plots put on x, first found first
@@ -204,12 +205,12 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     champion = choose_champion(table, keys)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None else None
     folder = out_root / sweep_id
-    best = write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
+    best, heat_axes = write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
     if histograms and (len(keys) == 1 or sweep_versus(store, parent_id)):  # one axis (or coupled vs decoupled)
         save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
                     folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
-    return Report(sweep_id, keys, table, champion, version, folder, best)
+    return Report(sweep_id, keys, table, champion, version, folder, best, heat_axes)
 
 
 def distributions(table: pd.DataFrame, keys: list[str], histograms: dict[str, pd.DataFrame]
@@ -241,16 +242,16 @@ def zero_share(histogram: pd.DataFrame) -> float:
 
 
 def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict[str, list[float]],
-                champion: pd.Series | None, version: str | None) -> pd.DataFrame | None:
+                champion: pd.Series | None, version: str | None
+                ) -> tuple[pd.DataFrame | None, tuple[str, str] | None]:
     """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots; with two
-    numeric axes also best_per_row.csv and heatmaps, and the best-per-row table is returned."""
+    numeric axes also best_per_row.csv and heatmaps. Returns the best-per-row table and its (x, y), if any."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = summary_table(table, keys)
     noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None else ""
     grid2 = two_axes(summary, keys)
     best = best_per_row(summary, keys, *grid2) if grid2 else None
-    best_text = (f"Best {grid2[0]} for each {grid2[1]} (by mean validation accuracy):\n\n" + markdown(best) + "\n"
-                 if best is not None else "")
+    best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
     with atomic_outputs(folder / "table.csv", folder / "summary.csv", folder / "table.md") as (csv_tmp, sum_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
         summary.to_csv(sum_tmp, index=False)
@@ -265,7 +266,7 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
     if summary.empty:  # no finished run: the tables say so, and there is nothing to plot
-        return best
+        return best, grid2
     if pd.api.types.is_numeric_dtype(summary[keys[-1]]):  # lines against a number; names have the tables
         lines, series = with_series(summary, keys)
         for name, figure in sweep_figures(lines, keys[-1], ordered, series).items():
@@ -273,7 +274,12 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     if grid2:
         for name, (cells, title) in heatmap_panels(summary, keys, *grid2).items():
             save_figure(heatmap_figure(cells, *grid2, title), folder / name)
-    return best
+    return best, grid2
+
+
+def best_title(x: str, y: str) -> str:
+    """The heading of the best-per-row table, in table.md and as `l2lab sweep` prints it."""
+    return f"Best {x} for each {y} (by mean validation accuracy):"
 
 
 SERIES = "series"  # the line label of a sweep over three axes or more: every axis but the plotted one
@@ -312,13 +318,9 @@ def heatmap_panels(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> di
     panels = {}
     for values, cells in summary.groupby(rest, observed=True):
         values = values if isinstance(values, tuple) else (values,)
-        label = "_".join(f"{k.split('.')[-1]}={_slug(_shown(v))}" for k, v in zip(rest, values))
+        label = "_".join(f"{k.split('.')[-1]}={slug(_shown(v))}" for k, v in zip(rest, values))
         panels[f"{stem}_{label}.png"] = (cells, ", ".join(f"{k} = {_shown(v)}" for k, v in zip(rest, values)))
     return panels
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in ".+-" else "_" for c in text)
 
 
 def best_per_row(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.DataFrame:
@@ -327,7 +329,7 @@ def best_per_row(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.D
     rest = [k for k in keys if k not in (x, y)]
     rows = []
     for _, cells in summary.groupby([*rest, y], observed=True):
-        top = cells.sort_values(["val_accuracy_mean", x], ascending=[False, True]).iloc[0]
+        top = best_cell(cells, x)
         rows.append({**{k: top[k] for k in (*rest, y)}, f"best {x}": top[x], "runs": top["n"],
                      "val_accuracy_mean": top["val_accuracy_mean"], "test_accuracy_mean": top["test_accuracy_mean"]})
     return pd.DataFrame(rows)
