@@ -45,7 +45,7 @@ test-all: $(TEAM_STAMP)
 # Team mode with its extras: the server-free units, then the end-to-end test, which starts
 # PostgreSQL, S3 and mlflow server on loopback (a few minutes).
 test-team: $(TEAM_STAMP)
-	$(RUN) python -m pytest -m "" tests/test_team_units.py tests/test_team_e2e.py
+	$(RUN) python -m pytest -m "" tests/test_team_units.py tests/test_team_stack.py tests/test_team_e2e.py
 
 # A local team stack on loopback for trying team mode; its data under .team/ (removed by team-down).
 team-up: $(TEAM_STAMP)

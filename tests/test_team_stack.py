@@ -1,6 +1,7 @@
 """The team stack's start-up on its own: ports, a server that exits, a port taken before its server binds it.
 
-Real processes (Python's http.server as the server), no team extras needed.
+Real processes (Python's http.server as the server); needs mirakuru and port-for (the team extras), not the
+servers.
 """
 
 from __future__ import annotations
@@ -9,14 +10,22 @@ import dataclasses
 import json
 import logging
 import socket
+import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+pytest.importorskip("mirakuru", reason="team extras not installed (make install-team)")
+
+import port_for  # noqa: E402
+from mirakuru.base import ENV_UUID  # noqa: E402
+from mirakuru.base_env import processes_with_env  # noqa: E402
+
 from l2lab.errors import L2labError
-from l2lab.team import stack as team_stack
+from l2lab.team import stack as team_stack  # noqa: E402
 
 
 def a_stack(tmp_path: Path) -> team_stack.Stack:
@@ -33,9 +42,17 @@ def answer_missing(port: int):
     return missing
 
 
+def marked(mark: str, settle: float = 5.0) -> set[int]:
+    """The processes carrying a server's mark, after up to settle seconds for killed ones to be reaped."""
+    deadline = time.monotonic() + settle
+    while (found := processes_with_env(ENV_UUID, mark)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 def stop(stack: team_stack.Stack) -> None:
-    for pid in stack.pids.values():
-        team_stack._stop_group(pid, grace=5)
+    for name, pid in stack.pids.items():
+        team_stack.stop_server(pid, stack.marks.get(name), grace=5)
 
 
 def test_ports_lie_below_the_ephemeral_range_each_with_its_grpc_twin_free() -> None:
@@ -45,7 +62,7 @@ def test_ports_lie_below_the_ephemeral_range_each_with_its_grpc_twin_free() -> N
     for port in ports:
         if floor - team_stack.GRPC_OFFSET > 11000:  # room below the range (Linux's default 32768)
             assert 10000 <= port and port + team_stack.GRPC_OFFSET < floor
-        assert team_stack._free(port) and team_stack._free(port + team_stack.GRPC_OFFSET)
+        assert not port_for.port_is_used(port) and not port_for.port_is_used(port + team_stack.GRPC_OFFSET)
 
 
 def test_a_server_whose_port_was_taken_starts_again_on_another(tmp_path: Path, caplog) -> None:
@@ -92,18 +109,52 @@ def test_a_server_that_exits_fails_at_once_with_its_last_line(tmp_path: Path, mo
     assert str(raised.value) == f"demo server exited (fatal: no such config); see {tmp_path / 'demo.log'}"
 
 
-def test_a_server_that_never_answers_is_given_up_on_naming_what_was_missing(tmp_path: Path, monkeypatch) -> None:
+def test_a_server_that_never_answers_is_given_up_on_naming_what_was_missing_and_stopped(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
     monkeypatch.setattr(team_stack, "START_SECONDS", 3.0)
     stack = a_stack(tmp_path)
+    # the server starts a worker of its own, in its own session (out of reach of a signal to the server's group)
+    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+              "start_new_session=True); print('waiting for volumes', flush=True); time.sleep(60)")
+    with pytest.raises(L2labError, match=r"demo server did not come up in 3 s \(no bucket yet; its log's last "
+                                         r"line: waiting for volumes\); see "):
+        team_stack.serve(stack, "demo", [sys.executable, "-c", script], tmp_path / "demo.log", lambda: "no bucket yet")
+    assert "demo" not in stack.pids
+    assert marked(stack.marks["demo"]) == set()  # the server and its worker both stopped
+
+
+def test_a_started_server_outlives_this_process_until_down_stops_it_and_its_workers(tmp_path: Path) -> None:
+    """`l2lab team up` returns with its servers running; `down`, another process, finds each one's processes."""
+    port, = team_stack.free_ports(1)
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    starter = f"""
+import sys, json, dataclasses
+from pathlib import Path
+from l2lab.team import stack as team_stack
+stack = team_stack.Stack({str(folder)!r}, {str(tmp_path / 'pg')!r}, 0, "pw", 0, [0, 0, 0], "key", "secret", 0, {{}})
+script = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], "
+          "start_new_session=True); import http.server as h; h.test(h.SimpleHTTPRequestHandler, port={port}, "
+          "bind='127.0.0.1')")
+def up():
+    import urllib.request
     try:
-        with pytest.raises(L2labError, match=r"demo server did not come up in 3 s \(no bucket yet; its log's last "
-                                             r"line: waiting for volumes\); see "):
-            team_stack.serve(stack, "demo", [sys.executable, "-c", "import time; print('waiting for volumes', "
-                                             "flush=True); time.sleep(60)"], tmp_path / "demo.log", lambda: "no bucket yet")
-        assert team_stack._alive(stack.pids["demo"])  # left for `down`, which stops what stack.pids names
-    finally:
-        stop(stack)
-    assert not team_stack._alive(stack.pids["demo"])
+        urllib.request.urlopen("http://127.0.0.1:{port}/", timeout=2)
+    except OSError as exc:
+        return str(exc)
+team_stack.serve(stack, "mlflow", [sys.executable, "-c", script], Path({str(tmp_path / 'http.log')!r}), up)
+(Path({str(folder)!r}) / "stack.json").write_text(json.dumps(dataclasses.asdict(stack)))
+"""
+    subprocess.run([sys.executable, "-c", starter], check=True, timeout=60)
+    stack = team_stack.load(folder)
+    mark = stack.marks["mlflow"]
+    running = processes_with_env(ENV_UUID, mark)
+    assert stack.pids["mlflow"] in running and len(running) == 2  # the server and its worker, past the starter's exit
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+        assert answer.status == 200
+    team_stack.down(folder)
+    assert marked(mark) == set()
+    assert not folder.exists()
 
 
 def test_a_failed_up_keeps_the_logs_its_error_names_and_nothing_else(tmp_path: Path) -> None:

@@ -253,6 +253,8 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
         shuffle=False,  # the dataset reshuffles itself, seeded
         verbose=0,
     )
+    # Keras trains the wrapper (its compiled state drives fit; a nested model's own is ignored), and saves the
+    # network: handing the network the trained optimizer is a compile call, which traces nothing.
     compile_model(train, model=network, optimizer=model.optimizer)  # saved with it: state and settings, as trained
     rows = {"epoch": [e + 1 for e in history.epoch]}
     return network, rows | {k: [float(v) for v in values] for k, values in history.history.items()}

@@ -14,19 +14,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
+import string
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import mirakuru
+import port_for
+import psutil
+from mirakuru.base import ENV_UUID
+from mirakuru.base_env import processes_with_env
+from mirakuru.exceptions import ProcessExitedWithError, TimeoutExpired
 
 from l2lab.errors import L2labError
 from l2lab.commands import checked
@@ -54,6 +60,7 @@ class Stack:
     secret_key: str
     mlflow_port: int
     pids: dict[str, int]
+    marks: dict[str, str] = field(default_factory=dict)  # each server's mirakuru mark, how `down` finds its processes
 
     @property
     def tracking_uri(self) -> str:
@@ -82,23 +89,21 @@ GRPC_OFFSET = 10000  # SeaweedFS's master, volume, filer and S3 gateway also lis
 
 
 def free_ports(count: int) -> list[int]:
-    """Loopback ports free now, each with port + GRPC_OFFSET free too, all below the ephemeral range.
+    """Loopback ports free now (port-for's pick: unused, outside IANA-assigned ones), each with port + GRPC_OFFSET
+    free too, all below the ephemeral range.
 
     The kernel hands ports from that range to outgoing connections, and starting the stack makes many
     (PostgreSQL's start, the readiness polls): one could take a port between choosing it and its server
-    binding it. Where the range leaves no room below it, ports from the range itself.
+    binding it. Where the range leaves no room below it, any good port with room for its twin.
     """
     low = _ephemeral_floor()
-    rng = random.SystemRandom()
+    good = port_for.available_good_ports()
+    below = {p for p in good if 10000 <= p and p + GRPC_OFFSET < low}
+    candidates = below or {p for p in good if p + GRPC_OFFSET < 65536}
     found: list[int] = []
     while len(found) < count:
-        if low - GRPC_OFFSET > 11000:
-            port = rng.randrange(10000, low - GRPC_OFFSET)
-        else:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        if port + GRPC_OFFSET < 65536 and port not in found and _free(port) and _free(port + GRPC_OFFSET):
+        port = port_for.select_random(set(candidates), exclude_ports=found)
+        if not port_for.port_is_used(port + GRPC_OFFSET):
             found.append(port)
     return found
 
@@ -109,15 +114,6 @@ def _ephemeral_floor() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 49152
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -156,7 +152,10 @@ def _pg_data_folder(folder: Path) -> Path:
 
 
 def start_postgres(stack: Stack) -> None:
-    """initdb (password auth on 127.0.0.1, trust on the Unix socket), start, create role and databases."""
+    """initdb (password auth on 127.0.0.1, trust on the Unix socket), start, create role and databases.
+
+    pg_ctl is PostgreSQL's own supervisor: `-w` returns once the server accepts connections.
+    """
     data = Path(stack.pg_data)
     pwfile = data.parent / f".pw-{os.getpid()}"
     pwfile.write_text(secrets.token_urlsafe(24) + "\n")
@@ -188,40 +187,71 @@ def start_postgres(stack: Stack) -> None:
         con.close()
 
 
-def _spawn(argv: list[str], log_file: Path, env: dict[str, str] | None = None) -> int:
-    """A server in a session of its own (so Ctrl-C in this terminal leaves it be); its output to log_file."""
-    with log_file.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-    return proc.pid
-
-
 class PortTaken(L2labError):
     """A server exited because a port chosen for it was taken before it could bind it."""
 
 
-def serve(stack: Stack, name: str, argv: list[str], log_file: Path, waiting: Callable[[], str | None],
-          env: dict[str, str] | None = None) -> None:
-    """Start server `name` (its pid in stack.pids, so `down` stops it) and wait until waiting() says
-    nothing more (it returns what the server is still missing), at most START_SECONDS.
+class Server(mirakuru.Executor):
+    """A server in a session of its own (so Ctrl-C in this terminal leaves it be), its output to log_file,
+    started once missing() returns None (it returns what the server still lacks), at most START_SECONDS;
+    mirakuru kills it if it is not up by then.
 
-    A server that exits on the way fails at once with the last line of its log: PortTaken when that
-    says a port was taken, so the caller can try other ports.
+    Unlike mirakuru's usual executors it is meant to outlive this process: `l2lab team up` returns and
+    `l2lab team down`, another process, stops it. mirakuru marks the server and everything it starts with an
+    environment variable (ENV_UUID) and, when the starting process exits, kills what carries a mark with that
+    process's pid in it; this mark has no digits, so nothing of the stack is killed at exit, and `down` finds
+    the server's processes by it (stack.json keeps it).
     """
-    said_before = log_file.stat().st_size if log_file.exists() else 0
-    stack.pids[name] = _spawn(argv, log_file, env)
-    deadline = time.monotonic() + START_SECONDS
-    while (missing := waiting()) is not None:
-        if not _alive(stack.pids[name]):
-            said = _log_lines(log_file, said_before)
+
+    def __init__(self, name: str, argv: list[str], log_file: Path, missing: Callable[[], str | None],
+                 env: dict[str, str] | None = None) -> None:
+        self.name, self.log_file, self.missing, self.lacking = name, log_file, missing, "not started"
+        self._log = log_file.open("ab")
+        super().__init__(argv, timeout=START_SECONDS, sleep=0.5, envvars=env or {}, stdin=subprocess.DEVNULL,
+                         stdout=self._log, stderr=subprocess.STDOUT)
+        self._uuid = "l2lab-team-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(20))
+
+    @property
+    def mark(self) -> str:
+        return self._uuid
+
+    def pre_start_check(self) -> bool:
+        return False  # its ports were free when chosen; one taken since shows as the server's exit
+
+    def after_start_check(self) -> bool:
+        self.lacking = self.missing()
+        return self.lacking is None
+
+    def start(self) -> "Server":
+        said_before = self.log_file.stat().st_size
+        try:
+            super().start()
+        except ProcessExitedWithError:
+            said = _log_lines(self.log_file, said_before)
             taken = [line for line in said if "address already in use" in line.lower()]
             error = PortTaken if taken else L2labError
-            raise error(f"{name} server exited ({(taken or said or ['nothing in its log'])[-1]}); see {log_file}")
-        if time.monotonic() > deadline:
-            said = _log_lines(log_file, said_before)
-            raise L2labError(f"{name} server did not come up in {START_SECONDS:.0f} s ({missing}; its log's last "
-                             f"line: {(said or ['nothing'])[-1]}); see {log_file}")
-        time.sleep(0.5)
+            raise error(f"{self.name} server exited ({(taken or said or ['nothing in its log'])[-1]}); "
+                        f"see {self.log_file}") from None
+        except TimeoutExpired:
+            said = _log_lines(self.log_file, said_before)
+            raise L2labError(f"{self.name} server did not come up in {START_SECONDS:.0f} s ({self.lacking}; its "
+                             f"log's last line: {(said or ['nothing'])[-1]}); see {self.log_file}") from None
+        finally:
+            self._log.close()
+        self.pid = self.process.pid
+        self.process = None  # detached: neither this object's end nor this process's exit stops it
+        return self
+
+
+def serve(stack: Stack, name: str, argv: list[str], log_file: Path, waiting: Callable[[], str | None],
+          env: dict[str, str] | None = None) -> None:
+    """Start server `name` and wait until waiting() says nothing more; its pid and mark in the stack, so
+    `down` stops it. A server that exits on the way fails at once with the last line of its log:
+    PortTaken when that says a port was taken, so the caller can try other ports."""
+    server = Server(name, argv, log_file, waiting, env)
+    stack.marks[name] = server.mark
+    server.start()
+    stack.pids[name] = server.pid
 
 
 def _log_lines(log_file: Path, since: int = 0) -> list[str]:
@@ -325,13 +355,10 @@ def start_mlflow(stack: Stack, folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Is pid a running process (a zombie child of this process counts as gone)?"""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of this process counts as gone
-        return not open(f"/proc/{pid}/stat").read().split(") ")[-1].startswith("Z")
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
@@ -394,7 +421,7 @@ def down(folder: Path = TEAM_DIR, keep_logs: bool = False) -> None:
     for name, grace in (("mlflow", 20.0), ("s3", 3.0)):
         pid = stack.pids.get(name)
         if pid and _alive(pid):
-            _stop_group(pid, grace)
+            stop_server(pid, stack.marks.get(name), grace)
     _remove_weed_sockets(stack)
     db = Path(stack.pg_data) / "db"
     if (db / "postmaster.pid").exists():
@@ -413,16 +440,28 @@ def down(folder: Path = TEAM_DIR, keep_logs: bool = False) -> None:
     log.info("team stack in %s stopped and its data removed%s", folder, " (its logs kept)" if keep_logs else "")
 
 
-def _stop_group(pid: int, grace: float = 20.0) -> None:
-    """SIGTERM the server's session (its workers too), SIGKILL after grace seconds."""
+def stop_server(pid: int, mark: str | None, grace: float = 20.0) -> None:
+    """SIGTERM the server's session and every process carrying its mark (workers that left the session
+    too); SIGKILL what is left after grace seconds."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
         pass
+    procs = []
+    for each in {pid, *(processes_with_env(ENV_UUID, mark) if mark else ())}:
+        try:
+            procs.append(psutil.Process(each))
+        except psutil.Error:
+            continue
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(procs, timeout=grace)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=5)
