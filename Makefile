@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,$(TF)]'
 	touch $@
 
-# Team mode's extras (docs/team.md): optuna, psycopg2, dvc-s3, SeaweedFS, then the
+# Team mode's extras (docs/team.md): psycopg2, dvc-s3, SeaweedFS, mirakuru, port-for, then the
 # boto3 that matches the botocore dvc-s3 brought.
 TEAM_STAMP := $(VENV)/.installed-team
 install-team: $(TEAM_STAMP)

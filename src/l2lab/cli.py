@@ -1,4 +1,5 @@
-"""The `l2lab` command: `l2lab sweep` runs a grid of DVC experiments, `l2lab report` sums one up."""
+"""The `l2lab` command: `l2lab sweep` runs a grid of DVC experiments, `l2lab tune` an Optuna search of them,
+`l2lab report` sums one up."""
 
 from __future__ import annotations
 
@@ -34,7 +35,23 @@ def parser() -> argparse.ArgumentParser:
                        "database (postgresql+psycopg2://…; default $L2LAB_STORAGE) instead of the local DVC queue")
     sweep.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="params.yaml override for every point, as for dvc exp run -S")
-    report = sub.add_parser("report", help="table, plots and champion of a sweep")
+    tune = sub.add_parser("tune", help="an Optuna search (sampler and pruner): every trial a DVC experiment and an "
+                          "MLflow run (docs/sweeps.md)")
+    tune.add_argument("--trials", type=int, required=True, help="how many trials in all")
+    tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                      help="a params.yaml key and its range: log:LO:HI (log-uniform), LO:HI (uniform) or a,b,c "
+                      "(a choice), e.g. --space train.l2=log:1e-6:1e-1 (repeatable)")
+    tune.add_argument("--sampler", choices=["tpe", "random", "gp"], default="tpe",
+                      help="Optuna's sampler (default tpe; gp needs PyTorch and SciPy)")
+    tune.add_argument("--pruner", choices=["hyperband", "median", "none"], default="hyperband",
+                      help="stops poor trials early, from their val_accuracy after each epoch (default hyperband)")
+    tune.add_argument("--jobs", "-j", type=int, default=2, help="trials at once, one queue worker each (default 2)")
+    tune.add_argument("--seed", type=int, default=None, help="the sampler's seed: with --jobs 1, the same trials again")
+    tune.add_argument("--storage", help="the study's Optuna storage: a database URL (team mode's PostgreSQL) or a "
+                      "file (default $L2LAB_STORAGE, else optuna.journal beside mlflow.db)")
+    tune.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                      help="params.yaml override for every trial, as for dvc exp run -S")
+    report = sub.add_parser("report", help="table, plots and champion of a sweep or a tune")
     report.add_argument("--sweep", help="sweep id (default: the latest)")
     report.add_argument("--out", type=Path, default=None, help="folder for the report files (default reports/sweep)")
     worker = sub.add_parser("worker", help="team mode: run team sweeps' points from this clone until none is left")
@@ -56,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
 def sweep_command(args: argparse.Namespace) -> int:
     from l2lab.sweeps.grid import AXES, parse_grid, parse_sets, parse_values
     from l2lab.sweeps.report import REPORT_DIR, make_report
-    from l2lab.team.queue import storage_url
+    from l2lab.studies import storage_url
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
             for opt, key in AXES.items() if getattr(args, opt)}
@@ -90,8 +107,28 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_command(args: argparse.Namespace) -> int:
+    from l2lab.sweeps.grid import parse_sets
+    from l2lab.sweeps.report import REPORT_DIR, make_report
+    from l2lab.sweeps.tune import parse_space, run_tune
+
+    if args.jobs < 1:
+        raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
+    fixed = parse_sets(args.sets)
+    space = parse_space(args.space, Path.cwd() / "params.yaml", fixed)
+    tune = run_tune(space, fixed, args.trials, args.jobs, Path.cwd(), args.sampler, args.pruner, args.seed,
+                    args.storage)
+    print_report(make_report(tune, REPORT_DIR))
+    failed = sorted(name for name, status in tune.results.items() if status != "Success")
+    if failed:
+        log.error("error: %d of %d trials failed: %s (see `dvc queue logs <name>`)", len(failed), len(tune.results),
+                  ", ".join(failed))
+        return 1
+    return 0
+
+
 def worker_command(args: argparse.Namespace) -> int:
-    from l2lab.team.queue import STORAGE_ENV, storage_url
+    from l2lab.studies import STORAGE_ENV, storage_url
     from l2lab.team.worker import work
 
     storage = storage_url(args.storage)
@@ -168,7 +205,7 @@ def ui(args: argparse.Namespace) -> int:
 def print_report(report) -> None:
     from l2lab.sweeps.report import best_title, champion_line
 
-    shown = ["experiment", *report.keys, "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
+    shown = ["trial", "experiment", *report.keys, "pruned_at_epoch", "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")
     print(report.table[[c for c in shown if c in report.table]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if report.heat_axes is not None:
@@ -187,7 +224,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    commands = {"sweep": sweep_command, "report": report_command, "ui": ui, "gc": gc, "worker": worker_command,
+    commands = {"sweep": sweep_command, "tune": tune_command, "report": report_command, "ui": ui, "gc": gc, "worker": worker_command,
                 "serve": serve_command,
                 "team": team_command}
     run_stage(lambda: commands[args.command](args))

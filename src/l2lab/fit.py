@@ -194,6 +194,23 @@ class EpochReport(keras.callbacks.Callback):
         self.sink(step, {k: float(v) for k, v in logs.items()})
 
 
+class StopWhen(keras.callbacks.Callback):
+    """Ends training after an epoch when should_stop(epoch, val_accuracy) says so (a tune trial's pruner),
+    before the last one; every epoch is asked, the last too (a pruner learns from it). stopped_at: the last
+    epoch trained, counted from 1, when it stopped early (None: it trained every epoch)."""
+
+    def __init__(self, should_stop: Callable[[int, float], bool], epochs: int) -> None:
+        super().__init__()
+        self.should_stop, self.epochs, self.stopped_at = should_stop, epochs, None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        step = epoch + 1
+        if self.should_stop(step, float((logs or {})["val_accuracy"])) and step < self.epochs:
+            self.model.stop_training = True
+            self.stopped_at = step
+            log.info("epoch %d/%d: the tune's pruner stopped this trial", step, self.epochs)
+
+
 def weight_terms(model: keras.Model) -> dict[str, float]:
     """The penalty Keras adds to the loss (model.losses: l2 * sum(W**2) + l1 * sum(|W|)), kernel norms, |w| quantiles."""
     ks = kernels(model)

@@ -178,6 +178,7 @@ def preload() -> None:
     import keras  # noqa: F401
     import mlflow.pyfunc  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import optuna  # noqa: F401  (a tune trial's train stage reports to its study)
     import pandas  # noqa: F401
 
     import l2lab.devices  # noqa: F401
@@ -186,6 +187,7 @@ def preload() -> None:
     import l2lab.serving  # noqa: F401
     import l2lab.stages.evaluate  # noqa: F401
     import l2lab.stages.train  # noqa: F401
+    import l2lab.studies  # noqa: F401
     import l2lab.tracking.runs  # noqa: F401
     import l2lab.tracking.store  # noqa: F401
 

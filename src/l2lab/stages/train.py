@@ -33,7 +33,8 @@ def train(params: Params, paths: TrainPaths) -> str:
     """Train on train, validate on val each epoch, save the model; return the MLflow run id."""
     # TensorFlow and MLflow load here, not at the top: main() checks params.yaml before either loads.
     from l2lab.devices import prepare_device
-    from l2lab.fit import WeightHistograms, fit, input_pipelines
+    from l2lab.fit import StopWhen, WeightHistograms, fit, input_pipelines
+    from l2lab.studies import PRUNED_TAG, trial_link
     from l2lab.tracking.runs import HISTOGRAMS, training_run
     from l2lab.tracking.store import EXPERIMENT, connect
 
@@ -48,7 +49,15 @@ def train(params: Params, paths: TrainPaths) -> str:
     with training_run(store, params.flat(), summary, split_sha256) as run:
         run.set_tags({DEVICE_TAG: device.label})
         histograms = WeightHistograms()
-        model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), [histograms])
+        callbacks = [histograms]
+        trial = trial_link(store.client.get_run(run.run_id).data.tags)  # None unless an l2lab tune's trial
+        if trial is not None:
+            callbacks.append(pruning := StopWhen(trial.report, params.train.epochs))
+        model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), callbacks)
+        if trial is not None:
+            if pruning.stopped_at is not None:  # it keeps its model, history and metrics
+                run.set_tags({PRUNED_TAG: str(pruning.stopped_at)})
+            trial.finish(pruning.stopped_at is not None, history["val_accuracy"][-1])
         import pandas as pd  # after training: the loop itself never needs it (l2lab.imports)
 
         run.log_table(pd.DataFrame(histograms.rows), HISTOGRAMS)

@@ -57,7 +57,7 @@ AGAIN = "Queued again"  # what on_done returns for a point it put back in the qu
 def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | None],
          read_state: Callable[[Path], tuple[dict[str, str], int]],
          progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None),
-         settled: Callable[[], bool] = lambda: False) -> dict[str, str]:
+         settled: Callable[[], bool] = lambda: False, total: int | None = None) -> dict[str, str]:
     """Poll the queue until every point is done; call on_done(name, status) once for each.
 
     on_done returns the point's final status (None: the queue's), or AGAIN when it queued
@@ -71,12 +71,16 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
     POLL_SECONDS, or less once settled() says that nothing is left running (the last
     points' runs have ended, and DVC is committing them): the sweep's end is not held
     back by a poll.
+
+    on_done may append points to the list (a tune asks for its next trial when one ends): they are followed
+    too, until total (default: the points given) are done.
     """
-    names = [p.name for p in points]
     seen: dict[str, str] = {}
     last_counts, last_logged, started = "", 0.0, time.monotonic()
     idle_polls = 0
-    while len(seen) < len(names):
+    total = total if total is not None else len(points)
+    while len(seen) < total:
+        names = [p.name for p in points]
         states, workers = read_state(cwd)
         for name in names:
             status = states.get(name)
@@ -84,6 +88,7 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
                 final = on_done(name, status) or status
                 if final != AGAIN:
                     seen[name] = final
+        names = [p.name for p in points]
         running = sum(states.get(n) == "Running" for n in names)
         stalled = len(seen) < len(names) and running == 0 and workers == 0
         idle_polls = idle_polls + 1 if stalled else 0
@@ -96,9 +101,9 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
         now = time.monotonic()
         if counts != last_counts or (running and now - last_logged >= PROGRESS_SECONDS):
             live = {n: progress(n) for n in names if states.get(n) == "Running"}
-            log.info("sweep progress: %s", progress_line(len(seen), len(names), failed, live, now - started))
+            log.info("sweep progress: %s", progress_line(len(seen), total, failed, live, now - started))
             last_counts, last_logged = counts, now
-        if len(seen) < len(names):
+        if len(seen) < total:
             deadline, step = time.monotonic() + POLL_SECONDS, min(SETTLE_SECONDS, POLL_SECONDS)
             time.sleep(step)
             while time.monotonic() < deadline and not settled():

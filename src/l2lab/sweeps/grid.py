@@ -121,19 +121,20 @@ def slug(value: str) -> str:
     return re.sub(r"[^0-9A-Za-z.+-]", "_", value).replace("..", "_")
 
 
-def new_sweep_id() -> str:
-    """"sweep-20261201-231500-3f9a1c": when it started, and a random part so that sweeps started in the same
-    second (on one machine or several) never share an id, an experiment name or an Optuna study."""
-    return time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+def new_sweep_id(kind: str = "sweep") -> str:
+    """"sweep-20261201-231500-3f9a1c" (or "tune-..."): when it started, and a random part so that sweeps
+    started in the same second (on one machine or several) never share an id, an experiment name or an
+    Optuna study."""
+    return time.strftime(f"{kind}-%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def validate(params_path: Path, points: list[Point]) -> list[Params]:
     """Every point's params, checked by the stages' own checks before anything is queued."""
     base = load_params(params_path).model_dump()
-    return [parse_params(_override(base, point.sets), f"params.yaml with {point.name}'s overrides") for point in points]
+    return [parse_params(override(base, point.sets), f"params.yaml with {point.name}'s overrides") for point in points]
 
 
-def _override(base: dict, sets: dict[str, str]) -> dict:
+def override(base: dict, sets: dict[str, str]) -> dict:
     """base with dotted keys set to YAML 1.2 values, as `dvc exp run -S` writes them."""
     raw = copy.deepcopy(base)
     for dotted, text in sets.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, retrain, start_workers,
                                    stop_points, worker_count, workspace_state)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
-from l2lab.sweeps.grid import Sweep, plan
+from l2lab.sweeps.grid import Point, Sweep, plan
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
 from l2lab.tracking.sweeps import end_incomplete, end_unstarted, never_trained, point_progress, points_live, reserve, sweep_parent
@@ -38,26 +38,7 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
 
-        by_name = {point.name: point for point in points}
-        snapshot = workspace_state(cwd)
-        retrained: set[str] = set()
-
-        def done(name: str, status: str) -> str | None:
-            if status == "Success" and never_trained(store, runs[name]):
-                if name not in retrained and workspace_state(cwd) == snapshot:
-                    retrained.add(name)
-                    retrain(by_name[name], cwd)
-                    return AGAIN
-                status = "Failed"
-                why = ("with its training forced, DVC skipped it again (see dvc queue logs " + name + ")"
-                       if name in retrained else "the workspace has changed since the sweep queued its points")
-                log.error("%s: DVC skipped its training as up to date (same params, code and data as the "
-                          "workspace's dvc.lock) and it was not re-run: %s; it counts as failed", name, why)
-            end_unstarted(store, runs[name])  # a point that failed before training never took up its run
-            if status != "Success":  # one that trained, then failed: its FINISHED run is no result
-                end_incomplete(store, runs[name], f"its DVC experiment failed after training (dvc queue logs {name})")
-            log.info("%s: %s (MLflow run %s)", name, status, runs[name])
-            return status
+        done = Settler(store, runs, {point.name: point for point in points}, cwd)
 
         def progress(name: str) -> Progress:
             done_epochs, val = point_progress(store, runs[name])
@@ -71,3 +52,32 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
             raise
         parent.failed = any(status != "Success" for status in results.values())
     return Sweep(sweep_id, parent.run_id, results)
+
+
+class Settler:
+    """What a sweep does with each point the queue says is done: re-queue, once, a point DVC skipped as equal
+    to the workspace's dvc.lock (its run never trained); end its run FAILED when it failed before or after
+    training; return its final status (or AGAIN)."""
+
+    def __init__(self, store, runs: dict[str, str], points: dict[str, Point], cwd: Path) -> None:
+        self.store, self.runs, self.points, self.cwd = store, runs, points, cwd
+        self.snapshot = workspace_state(cwd)
+        self.retrained: set[str] = set()
+
+    def __call__(self, name: str, status: str) -> str | None:
+        store, runs = self.store, self.runs
+        if status == "Success" and never_trained(store, runs[name]):
+            if name not in self.retrained and workspace_state(self.cwd) == self.snapshot:
+                self.retrained.add(name)
+                retrain(self.points[name], self.cwd)
+                return AGAIN
+            status = "Failed"
+            why = ("with its training forced, DVC skipped it again (see dvc queue logs " + name + ")"
+                   if name in self.retrained else "the workspace has changed since the sweep queued its points")
+            log.error("%s: DVC skipped its training as up to date (same params, code and data as the "
+                      "workspace's dvc.lock) and it was not re-run: %s; it counts as failed", name, why)
+        end_unstarted(store, runs[name])  # a point that failed before training never took up its run
+        if status != "Success":  # one that trained, then failed: its FINISHED run is no result
+            end_incomplete(store, runs[name], f"its DVC experiment failed after training (dvc queue logs {name})")
+        log.info("%s: %s (MLflow run %s)", name, status, runs[name])
+        return status

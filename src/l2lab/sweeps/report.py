@@ -1,4 +1,4 @@
-"""`l2lab report`: a sweep's table and plots, and the champion chosen on validation accuracy."""
+"""`l2lab report`: a sweep's (or a tune's) table and plots, and the champion chosen on validation accuracy."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, first_line
 from l2lab.files import atomic_outputs
+from l2lab.studies import PRUNED_TAG, TRIAL_TAG
 from l2lab.sweeps.figures import best_cell, heatmap_figure, save_figure, series_groups, sweep_figures, weight_distribution_figure
 from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep, slug
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
 from l2lab.tracking.runs import HISTOGRAMS
-from l2lab.tracking.sweeps import axis_value, latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus, table_artifact
+from l2lab.tracking.sweeps import (axis_value, latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus,
+                                   table_artifact, tune_space)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ def choose_champion(table: pd.DataFrame, by: str | Sequence[str]) -> pd.Series |
     # Evaluated runs only: one whose experiment failed after training has no test metrics (older sweeps
     # left such runs FINISHED).
     done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna() & table["test_accuracy"].notna()]
+    if PRUNED in done:  # a pruned trial's accuracy is that of a shortened training: never the champion
+        done = done[done[PRUNED].isna()]
     if done.empty:
         return None
     means = done.groupby(keys, observed=True).agg(val=("val_accuracy", "mean"), loss=("val_loss", "mean"))
@@ -191,8 +195,12 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     end_stale_runs(store)
     sweep_id, parent_id = sweep.id, sweep.parent_run_id
     runs = sweep_runs(store, parent_id)
-    recorded = sweep_axes(store, parent_id)
+    space = tune_space(store, parent_id)
+    # A tune's values are drawn, one per trial: its keys are the searched ones.
+    recorded = sweep_axes(store, parent_id) if space is None else {key: [] for key in space}
     table = sweep_table(runs, list(recorded))
+    if space is not None:
+        table = with_trials(table, runs)
     for key in recorded:  # a point that failed before training, in a sweep that did not tag it
         if key not in table:
             table[key] = np.nan
@@ -205,7 +213,10 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     champion = choose_champion(table, keys)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None else None
     folder = out_root / sweep_id
-    best, heat_axes = write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version)
+    best, heat_axes = write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version,
+                                  lines=space is None)
+    if space is not None:
+        tune_figures(sweep_id, folder)
     if histograms and (len(keys) == 1 or sweep_versus(store, parent_id)):  # one axis (or coupled vs decoupled)
         save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
                     folder / "weight_distributions.png")
@@ -242,14 +253,15 @@ def zero_share(histogram: pd.DataFrame) -> float:
 
 
 def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict[str, list[float]],
-                champion: pd.Series | None, version: str | None
+                champion: pd.Series | None, version: str | None, lines: bool = True
                 ) -> tuple[pd.DataFrame | None, tuple[str, str] | None]:
     """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots; with two
-    numeric axes also best_per_row.csv and heatmaps. Returns the best-per-row table and its (x, y), if any."""
+    numeric axes also best_per_row.csv and heatmaps. Returns the best-per-row table and its (x, y), if any.
+    lines=False (a tune: drawn values, not a grid): no line plots, heatmaps or best-per-row table."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = summary_table(table, keys)
     noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None else ""
-    grid2 = two_axes(summary, keys)
+    grid2 = two_axes(summary, keys) if lines else None
     best = best_per_row(summary, keys, *grid2) if grid2 else None
     best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
     with atomic_outputs(folder / "table.csv", folder / "summary.csv", folder / "table.md") as (csv_tmp, sum_tmp, md_tmp):
@@ -267,7 +279,7 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
     if summary.empty:  # no finished run: the tables say so, and there is nothing to plot
         return best, grid2
-    if pd.api.types.is_numeric_dtype(summary[keys[-1]]):  # lines against a number; names have the tables
+    if lines and pd.api.types.is_numeric_dtype(summary[keys[-1]]):  # lines against a number; names have the tables
         lines, series = with_series(summary, keys)
         for name, figure in sweep_figures(lines, keys[-1], ordered, series).items():
             save_figure(figure, folder / name)
@@ -275,6 +287,61 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
         for name, (cells, title) in heatmap_panels(summary, keys, *grid2).items():
             save_figure(heatmap_figure(cells, *grid2, title), folder / name)
     return best, grid2
+
+
+TRIAL, PRUNED = "trial", "pruned_at_epoch"  # a tune's columns: the trial's number, the epoch its pruner stopped it at
+TUNE_FIGURES = {  # file -> Optuna's own matplotlib plot of the study
+    "optimization_history.png": "plot_optimization_history",
+    "parallel_coordinate.png": "plot_parallel_coordinate",
+    "param_importances.png": "plot_param_importances",
+    "intermediate_values.png": "plot_intermediate_values",
+}
+
+
+def with_trials(table: pd.DataFrame, runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """A tune's table with each run's trial number and, for a pruned one, the epoch it stopped at; by trial."""
+    tags = {r["run_id"]: r["tags"] for r in runs}
+    trial = [tags[r].get(TRIAL_TAG) for r in table["mlflow_run_id"]]
+    pruned = [tags[r].get(PRUNED_TAG) for r in table["mlflow_run_id"]]
+    table = table.assign(**{TRIAL: pd.array([int(t) if t is not None else None for t in trial], dtype="Int64"),
+                            PRUNED: pd.array([int(p) if p is not None else None for p in pruned], dtype="Int64")})
+    table = table[[TRIAL, PRUNED, *(c for c in table.columns if c not in (TRIAL, PRUNED))]]
+    return table.sort_values(TRIAL).reset_index(drop=True)
+
+
+def tune_figures(study_name: str, folder: Path) -> list[str]:
+    """Optuna's optimization history, parallel coordinates, parameter importances and intermediate values
+    (each trial's val_accuracy per epoch) of the tune's study, as PNGs; returns the files drawn. A plot Optuna
+    cannot draw yet (importances need two finished trials) is said in one line and left out."""
+    import warnings
+
+    import optuna
+    import optuna.visualization.matplotlib as plots
+
+    from l2lab.imports import pyplot
+    from l2lab.studies import local_journal, open_storage, storage_url
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url(None) or str(local_journal())))
+    except (KeyError, L2labError) as exc:
+        log.warning("the tune's Optuna study %s was not found (%s): its Optuna plots are left out", study_name, exc)
+        return []
+    pyplot()  # the non-interactive backend
+    drawn = []
+    for name, function in TUNE_FIGURES.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # "matplotlib backend: experimental"
+                axes = getattr(plots, function)(study)
+        except (ValueError, RuntimeError) as exc:
+            log.info("%s not drawn: %s", name, first_line(exc))
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        save_figure(figure, folder / name)
+        drawn.append(name)
+    return drawn
 
 
 def best_title(x: str, y: str) -> str:

@@ -16,67 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from l2lab.errors import L2labError, causes, first_line
+from l2lab.errors import L2labError
+from l2lab.studies import GRACE_SECONDS, STORAGE_ENV, open_storage, redact, storage_url  # noqa: F401 (team's names)
 from l2lab.tracking.sweeps import SWEEP_TAG
 
 log = logging.getLogger(__name__)
 
-STORAGE_ENV = "L2LAB_STORAGE"
-HEARTBEAT_SECONDS = 5
-GRACE_SECONDS = 30  # a RUNNING trial without a heartbeat for this long is a dead worker's
-MAX_RETRIES = 3  # a point whose workers keep dying is retried this often, then left FAILED
 SWEEP_ATTR = SWEEP_TAG  # study user attribute: marks l2lab's studies among others in the storage
-SCHEMA_TRIES = 3  # opening a fresh storage while another process creates its tables: tries before giving up
 STATES = {"WAITING": "Queued", "RUNNING": "Running", "COMPLETE": "Success", "FAIL": "Failed"}
-
-
-def storage_url(given: str | None) -> str | None:
-    """--storage, else L2LAB_STORAGE; None: the local DVC queue."""
-    return given or os.environ.get(STORAGE_ENV) or None
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, fit for logs and errors."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a database URL at all: show its scheme only
-        return url.split(":", 1)[0] + ":…"
-
-
-def open_storage(url: str):
-    """Optuna's RDB storage on url, with heartbeats and retries of dead workers' trials."""
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats and their retry callback are marked experimental (since Optuna 2.8); said once per call otherwise.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    for attempt in range(SCHEMA_TRIES):
-        try:
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
-        except Exception as exc:  # SQLAlchemy/psycopg2 errors: unreachable, bad password, no such database
-            first = first_line(exc) or type(exc).__name__
-            if _creating_elsewhere(exc) and attempt < SCHEMA_TRIES - 1:
-                time.sleep(1.0 + attempt)  # the other process is creating the same tables: they will be there
-                continue
-            if _creating_elsewhere(exc):
-                raise L2labError(f"the sweep storage {redact(url)}: another process was creating Optuna's tables at "
-                                 f"the same time and they are still not usable ({first}); run again") from None
-            raise L2labError(f"cannot open the sweep storage {redact(url)}: {first}; check the URL "
-                             f"(--storage or {STORAGE_ENV}) and that the database server is up") from None
-    raise AssertionError("unreachable")
-
-
-def _creating_elsewhere(exc: BaseException) -> bool:
-    """Whether opening a fresh storage collided with another process creating its schema (PostgreSQL's
-    UniqueViolation on pg_type_typname_nsp_index, or "already exists")."""
-    text = " ".join(str(error) for error in causes(exc))
-    return "UniqueViolation" in text or "pg_type_typname_nsp_index" in text or "already exists" in text
 
 
 @dataclass(frozen=True)

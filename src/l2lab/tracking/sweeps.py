@@ -23,6 +23,8 @@ ROLE_TAG = "l2lab.role"  # "sweep" on a sweep's parent run, "point" on a run it 
 AXIS_PREFIX = "sweep."  # parent params: sweep.<params.yaml key> = comma-separated values
 FIXED_PREFIX = "sweep.fixed."
 SET_PREFIX = "l2lab.set."  # a point run's tags: l2lab.set.<params.yaml key> = its override, as typed
+KIND_TAG = "l2lab.kind"  # "tune" on an l2lab tune's parent run (a sweep whose points an Optuna sampler chose)
+TUNE_PREFIX = "tune."  # a tune's parent params: tune.space.<key> = its --space, tune.<setting> = trials, sampler, ...
 VERSUS_TAG = "l2lab.versus"  # "adamw" on a sweep that pairs each train.l2 with AdamW at the matched decay
 
 
@@ -34,13 +36,18 @@ class SweepParent:
 
 @contextmanager
 def sweep_parent(store: Store, sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str],
-                 versus_adamw: bool = False) -> Iterator[SweepParent]:
-    """The parent run that groups a sweep's runs; ends FINISHED, FAILED or KILLED."""
-    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "mlflow.note.content": _note(axes, fixed, versus_adamw),
-            **owner_tags(), **({VERSUS_TAG: "adamw"} if versus_adamw else {})}
+                 versus_adamw: bool = False, tune: dict[str, str] | None = None) -> Iterator[SweepParent]:
+    """The parent run that groups a sweep's runs; ends FINISHED, FAILED or KILLED. tune: a tune's settings
+    (its axes are then its --space texts)."""
+    note = _note(axes, fixed, versus_adamw) if tune is None else _tune_note(axes, fixed, tune)
+    tags = {SWEEP_TAG: sweep_id, ROLE_TAG: "sweep", "mlflow.note.content": note,
+            **owner_tags(), **({VERSUS_TAG: "adamw"} if versus_adamw else {}), **({KIND_TAG: "tune"} if tune else {})}
     run = store.write(lambda: store.client.create_run(store.experiment_id, run_name=sweep_id, tags=tags))
     parent = SweepParent(run.info.run_id)
-    params = {f"{AXIS_PREFIX}{k}": ",".join(v) for k, v in axes.items()}
+    if tune is None:
+        params = {f"{AXIS_PREFIX}{k}": ",".join(v) for k, v in axes.items()}
+    else:
+        params = {f"{TUNE_PREFIX}space.{k}": v[0] for k, v in axes.items()} | {f"{TUNE_PREFIX}{k}": v for k, v in tune.items()}
     params |= {f"{FIXED_PREFIX}{k}": v for k, v in fixed.items()}
     with ending(store, parent.run_id, lambda: parent.failed):
         store.write(lambda: store.client.log_batch(parent.run_id, params=[Param(k, v) for k, v in params.items()]))
@@ -57,11 +64,21 @@ def _note(axes: dict[str, list[str]], fixed: dict[str, str], versus_adamw: bool)
     return f"Sweep over {grid}{versus}" + (f" with {extra}" if extra else "") + ". Child runs are the DVC experiments."
 
 
-def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str, sets: dict[str, str] | None = None) -> str:
+def _tune_note(space: dict[str, list[str]], fixed: dict[str, str], tune: dict[str, str]) -> str:
+    searched = "; ".join(f"{k} in {v[0]}" for k, v in space.items())
+    extra = ", ".join(f"{k}={v}" for k, v in fixed.items())
+    return (f"Optuna search over {searched}: {tune['trials']} trials, sampler {tune['sampler']}, pruner "
+            f"{tune['pruner']}, seed {tune['seed']}" + (f", with {extra}" if extra else "")
+            + ". Child runs are the DVC experiments, one per trial.")
+
+
+def reserve(store: Store, parent_id: str, sweep_id: str, exp_name: str, sets: dict[str, str] | None = None,
+            tags: dict[str, str] | None = None) -> str:
     """Create a point's run before it is queued: named, nested under the parent, waiting (SCHEDULED), tagged
-    with its overrides (l2lab.set.<key>), which a point that fails before training logs no params of."""
+    with its overrides (l2lab.set.<key>), which a point that fails before training logs no params of, and
+    with any further tags (a tune trial's study and number)."""
     tags = {PARENT_TAG: parent_id, SWEEP_TAG: sweep_id, ROLE_TAG: "point", "dvc.exp_name": exp_name,
-            **{f"{SET_PREFIX}{key}": value for key, value in (sets or {}).items()}}
+            **{f"{SET_PREFIX}{key}": value for key, value in (sets or {}).items()}, **(tags or {})}
     run_id = store.write(lambda: store.client.create_run(store.experiment_id, run_name=exp_name, tags=tags)).info.run_id
     store.write(lambda: store.client.update_run(run_id, status=RESERVED))
     return run_id
@@ -193,6 +210,15 @@ def sweep_axes(store: Store, parent_id: str) -> dict[str, list[float | str]]:
             for key, value in params.items() if key.startswith(AXIS_PREFIX) and not key.startswith(FIXED_PREFIX)}
 
 
+def tune_space(store: Store, parent_id: str) -> dict[str, str] | None:
+    """A tune's searched keys -> their --space texts; None for a sweep that is not a tune."""
+    run = store.client.get_run(parent_id)
+    if run.data.tags.get(KIND_TAG) != "tune":
+        return None
+    prefix = f"{TUNE_PREFIX}space."
+    return {k.removeprefix(prefix): v for k, v in run.data.params.items() if k.startswith(prefix)}
+
+
 def sweep_versus(store: Store, parent_id: str) -> bool:
     """Whether the sweep paired coupled L2 with AdamW (l2lab sweep --versus-adamw)."""
     return store.client.get_run(parent_id).data.tags.get(VERSUS_TAG) == "adamw"
@@ -205,6 +231,6 @@ def sweep_runs(store: Store, parent_id: str) -> list[dict[str, Any]]:
         {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
          "params": {k.removeprefix(SET_PREFIX): v for k, v in r.data.tags.items() if k.startswith(SET_PREFIX)}
          | dict(r.data.params),
-         "metrics": dict(r.data.metrics), "val_curve": val_curve(store, r.info.run_id)}
+         "metrics": dict(r.data.metrics), "tags": dict(r.data.tags), "val_curve": val_curve(store, r.info.run_id)}
         for r in search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}'")
     ]

@@ -1,0 +1,130 @@
+"""`l2lab tune` end to end: a real Optuna study (its journal file), real DVC experiments on the queue, real MLflow."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from l2lab.studies import PRUNED_TAG, STUDY_TAG, TRIAL_TAG
+from l2lab.tracking.runs import PARENT_TAG
+from l2lab.tracking.store import EXPERIMENT
+from project import clone_project, run, set_params
+
+pytestmark = pytest.mark.e2e
+
+EPOCHS = 3
+
+
+@pytest.fixture
+def project(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> Path:
+    repo = clone_project(tmp_path / "repo")
+    set_params(repo, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
+               data__val_size=50, train__epochs=EPOCHS)
+    run(repo, "git", "commit", "-qam", "point at the test archive")
+    run(repo, "dvc", "repro", "preprocess")  # the data first: four first points would race in DVC's run-cache
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "data")
+    yield repo
+    run(repo, "dvc", "queue", "stop", "--kill", check=False)
+
+
+def study_of(project: Path, name: str) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(project / "optuna.journal"))))
+
+
+def test_a_tune_runs_every_trial_as_an_experiment_and_a_run_and_prunes(project: Path) -> None:
+    tuned = run(project, "l2lab", "tune", "--trials", "4", "--jobs", "2", "--seed", "3", "--sampler", "random", "--pruner", "median",
+                "--space", "train.learning_rate=log:1e-5:3e-2", "--space", "train.l2=log:1e-6:1e-2")
+    tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", tuned.stderr).group(1)
+    study = study_of(project, tune_id)
+    trials = study.get_trials()
+    assert len(trials) == 4 and {t.number for t in trials} == {0, 1, 2, 3}
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    # Seed 3 draws trial 3 a learning rate of 2.7e-5: near chance at epoch 2. It waits in the queue while two
+    # trials run and starts when the second of trials 0 to 2 ends: two have finished far above it by then (the
+    # median pruner waits for two), in whichever order the workers end them. Trial 2 (learning rate 0.013,
+    # 0.26) is pruned only when the second trial finished before its epoch 2.
+    assert 3 in {t.number for t in pruned} <= {2, 3}
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    parent = client.search_runs([experiment], f"tags.`l2lab.sweep_id` = '{tune_id}' and tags.`l2lab.role` = 'sweep'")[0]
+    assert parent.data.tags[STUDY_TAG] == tune_id and parent.data.tags["l2lab.kind"] == "tune"
+    assert parent.data.params["tune.space.train.l2"] == "log:1e-6:1e-2" and parent.info.status == "FINISHED"
+    children = {r.info.run_id: r for r in client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")}
+    assert len(children) == 4
+    shown = run(project, "dvc", "exp", "show", "--json").stdout
+    for trial in trials:
+        child = children[trial.user_attrs["mlflow_run_id"]]
+        name = trial.user_attrs["dvc_experiment"]
+        assert child.info.run_name == name and child.data.tags["dvc.exp_name"] == name and name in shown
+        assert name.startswith(f"t{trial.number:03d}_learning_rate=") and name.endswith(tune_id)
+        assert child.data.tags[TRIAL_TAG] == str(trial.number) and child.data.tags[STUDY_TAG] == tune_id
+        assert float(child.data.params["train.learning_rate"]) == trial.params["train.learning_rate"]  # in full
+        assert child.info.status == "FINISHED" and "test_accuracy" in child.data.metrics  # evaluate ran, pruned too
+        curve = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.value for m in sorted(curve, key=lambda m: m.step)] == [
+            trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+        if trial.state == TrialState.PRUNED:
+            stopped = int(child.data.tags[PRUNED_TAG])
+            assert stopped < EPOCHS and len(curve) == stopped  # it stopped there, kept its partial history
+        else:
+            assert PRUNED_TAG not in child.data.tags and len(curve) == EPOCHS
+            assert trial.value == child.data.metrics["val_accuracy"]  # the objective: validation, never test
+
+    report = project / "reports" / "sweep" / tune_id
+    for name in ("table.md", "table.csv", "optimization_history.png", "parallel_coordinate.png",
+                 "intermediate_values.png"):
+        assert (report / name).stat().st_size > 0, name
+    assert not list(report.glob("heatmap_*.png")) and not (report / "accuracy_vs_lambda.png").exists()
+    champion_run = re.search(r"MLflow run ([0-9a-f]{32})", (report / "table.md").read_text().splitlines()[-3]).group(1)
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert champion_run == best.user_attrs["mlflow_run_id"]  # the champion is the best unpruned trial
+    table = (report / "table.csv").read_text().splitlines()
+    assert table[0].split(",")[:2] == ["trial", "pruned_at_epoch"] and len(table) == 5
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/optimization_history.png" in logged
+
+    again = run(project, "l2lab", "report", "--sweep", tune_id)
+    assert tune_id in again.stdout and "pruned_at_epoch" in again.stdout
+
+
+BAD_SPACES = [
+    ("train.l2=log:0:1e-2", "--space train.l2=log:0:1e-2: a log range needs LO > 0"),
+    ("train.l2=1e-2:1e-3", "--space train.l2=1e-2:1e-3: LO must be below HI"),
+    ("train.nope=1:2", "train.nope: unknown key"),
+    ("train.learning_rate=log:1e-4:50", "train.learning_rate: Input should be less than or equal to 10"),
+    ("train.optimizer=adam,rmsprop", "train.optimizer: Input should be 'adam' or 'sgd'"),
+    ("train.epochs=1.5:3", "train.epochs is an integer"),
+]
+
+
+def test_a_bad_space_is_one_error_line_before_anything_starts(project: Path) -> None:
+    for space, message in BAD_SPACES:
+        tuned = run(project, "l2lab", "tune", "--trials", "2", "--space", space, check=False)
+        assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
+        lines = tuned.stderr.strip().splitlines()
+        assert len(lines) == 1 and "error: " in lines[0] and message in lines[0], tuned.stderr
+    assert not (project / "mlflow.db").exists() and not (project / "optuna.journal").exists()
+    assert "No experiment tasks in the queue" in run(project, "dvc", "queue", "status").stdout
+
+
+@pytest.mark.slow
+def test_a_seeded_sampler_with_one_worker_gives_the_same_trials_twice(project: Path) -> None:
+    args = ["l2lab", "tune", "--trials", "3", "--jobs", "1", "--seed", "7", "--space", "train.l2=log:1e-6:1e-1",
+            "--space", "train.optimizer=adam,sgd", "-S", "train.epochs=1"]
+    studies = []
+    for _ in range(2):
+        tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", run(project, *args).stderr).group(1)
+        studies.append([(t.params, t.value, t.state) for t in study_of(project, tune_id).get_trials()])
+    assert studies[0] == studies[1] and len(studies[0]) == 3
+    assert len({repr(params) for params, _, _ in studies[0]}) == 3  # three different draws, drawn again alike
