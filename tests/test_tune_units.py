@@ -9,7 +9,8 @@ import pytest
 
 from l2lab.errors import L2labError
 from l2lab.studies import PRUNER_ATTR, STUDY_TAG, TRIAL_ID_TAG, make_pruner, make_sampler, open_storage, trial_link
-from l2lab.sweeps.tune import parse_space, trial_name, value_text
+from l2lab.sweeps.grid import trial_name, value_text
+from l2lab.sweeps.tune import parse_space
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -9,6 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
 
@@ -119,6 +120,19 @@ def grid(sweep_id: str, axes: dict[str, list[str]], fixed: dict[str, str], versu
 def slug(value: str) -> str:
     """A value as it may stand in a git ref name."""
     return re.sub(r"[^0-9A-Za-z.+-]", "_", value).replace("..", "_")
+
+
+def value_text(value: Any) -> str:
+    """A drawn value as `dvc exp run -S` takes it: floats in full (repr), names and integers as they are."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def trial_name(tune_id: str, number: int, values: dict[str, Any]) -> str:
+    """"t003_l2=1.23e-05_learning_rate=0.00123_tune-20261202-101500-3f9a1c": its number, its values (3
+    significant digits; the run's params have them in full), the tune."""
+    shown = "_".join(f"{key.split('.')[-1]}={slug(f'{v:.3g}' if isinstance(v, float) else str(v))}"
+                     for key, v in values.items())
+    return f"t{number:03d}_{shown}_{tune_id}"
 
 
 def new_sweep_id(kind: str = "sweep") -> str:

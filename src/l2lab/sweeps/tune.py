@@ -27,7 +27,7 @@ from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_E
 from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, start_workers, stop_points,
                                    worker_count)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
-from l2lab.sweeps.grid import Point, Sweep, override, new_sweep_id, slug
+from l2lab.sweeps.grid import Point, Sweep, new_sweep_id, override, trial_name, value_text
 from l2lab.sweeps.local import Settler
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
@@ -122,19 +122,6 @@ def parse_space(items: list[str], params_path: Path, fixed: dict[str, str]) -> d
                 raise L2labError(str(exc)) from None
         space[key] = dim
     return space
-
-
-def value_text(value: Any) -> str:
-    """A drawn value as `dvc exp run -S` takes it: floats in full (repr), names and integers as they are."""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def trial_name(tune_id: str, number: int, values: dict[str, Any]) -> str:
-    """"t003_l2=1.23e-05_learning_rate=0.00123_tune-20261202-101500-3f9a1c": its number, its values (3
-    significant digits; the run's params have them in full), the tune."""
-    shown = "_".join(f"{key.split('.')[-1]}={slug(f'{v:.3g}' if isinstance(v, float) else str(v))}"
-                     for key, v in values.items())
-    return f"t{number:03d}_{shown}_{tune_id}"
 
 
 def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jobs: int, cwd: Path,
