@@ -58,9 +58,9 @@ def wait_for(condition, timeout: float, what: str, every: float = 1.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: team_stack.Stack,
-                                                         small_archive: Path, small_archive_sha256: str) -> None:
-    # The team's git remote, and an admin clone that puts the data in the DVC remote once.
+def team_project(tmp_path: Path, stack: team_stack.Stack, small_archive: Path, small_archive_sha256: str,
+                 epochs: int = 2) -> tuple[Path, Path]:
+    """(admin clone, the team's git remote): the project pushed, its data in the DVC remote, the archive gone."""
     remote = tmp_path / "remote.git"
     run(tmp_path, "git", "init", "-q", "--bare", "-b", "main", str(remote))
     archive = tmp_path / "shared" / "cifar.tar.gz"  # removed once pushed: workers must pull, not download
@@ -68,7 +68,7 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     shutil.copy(small_archive, archive)
     admin = clone_project(tmp_path / "admin")
     set_params(admin, data__url=archive.as_uri(), data__sha256=small_archive_sha256, data__val_size=50,
-               train__epochs=2)
+               train__epochs=epochs)
     sh(admin, stack, "dvc", "remote", "add", "-d", "team", f"s3://{team_stack.BUCKET}/dvc")
     sh(admin, stack, "dvc", "repro", "preprocess")
     sh(admin, stack, "git", "add", "-A")
@@ -77,7 +77,13 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     sh(admin, stack, "git", "remote", "add", "origin", str(remote))
     sh(admin, stack, "git", "push", "-q", "origin", "main")
     archive.unlink()
+    return admin, remote
 
+
+def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: team_stack.Stack,
+                                                         small_archive: Path, small_archive_sha256: str) -> None:
+    # The team's git remote, and an admin clone that puts the data in the DVC remote once.
+    admin, remote = team_project(tmp_path, stack, small_archive, small_archive_sha256)
     workers = [tmp_path / "w1", tmp_path / "w2"]
     for clone in workers:
         run(tmp_path, "git", "clone", "-q", str(remote), str(clone))
@@ -151,6 +157,50 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     best = max(finished, key=lambda r: (r.data.metrics["val_accuracy"], -r.data.metrics["val_loss"]))
     assert best.info.run_id in out
     assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).tags["source_run_id"] == best.info.run_id
+
+
+def test_a_tune_across_two_workers_each_asking_the_sampler(tmp_path: Path, stack: team_stack.Stack,
+                                                            small_archive: Path, small_archive_sha256: str) -> None:
+    from optuna.trial import TrialState
+
+    from l2lab.team import queue
+
+    admin, remote = team_project(tmp_path, stack, small_archive, small_archive_sha256, epochs=3)
+    workers = [tmp_path / "w1", tmp_path / "w2"]
+    for clone in workers:
+        run(tmp_path, "git", "clone", "-q", str(remote), str(clone))
+    tune = start(admin, stack, "l2lab", "tune", "--trials", "4", "--sampler", "random", "--pruner", "median",
+                 "--seed", "3", "--space", "train.learning_rate=log:1e-5:3e-2", "--space", "train.l2=log:1e-6:1e-2",
+                 log=tmp_path / "tune.log")
+    wait_for(lambda: "trials for team workers" in (tmp_path / "tune.log").read_text(), 120, "the tune")
+    procs = [start(clone, stack, "l2lab", "worker", log=tmp_path / f"{clone.name}.log") for clone in workers]
+    for proc, clone in zip(procs, workers):
+        assert proc.wait(timeout=900) == 0, (tmp_path / f"{clone.name}.log").read_text()
+    assert tune.wait(timeout=120) == 0, (tmp_path / "tune.log").read_text()
+    logs = [(tmp_path / f"{clone.name}.log").read_text() for clone in workers]
+    assert all(": taken (trial " in text for text in logs)  # both workers drew trials of their own
+
+    (study,) = queue.sweeps(queue.open_storage(stack.database_uri("optuna")))
+    trials = queue.tune_trials(study)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({repr(t.params) for t in trials}) == 4  # the workers' samplers never drew alike
+    client = MlflowClient(stack.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`l2lab.kind` = 'tune'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["l2lab.study"] == study.study_name
+    children = {r.data.tags["dvc.exp_name"]: r for r in
+                client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(children) == sorted(t.user_attrs["point"] for t in trials)
+    for t in trials:
+        r = children[t.user_attrs["point"]]
+        assert r.info.status == "FINISHED" and r.data.tags["l2lab.trial"] == str(t.number)
+        assert float(r.data.params["train.l2"]) == t.params["train.l2"]
+        epochs = len(client.get_metric_history(r.info.run_id, "val_accuracy"))
+        assert epochs == len(t.intermediate_values)  # every epoch reported to the trial by the train stage
+        assert ("l2lab.pruned_at_epoch" in r.data.tags) == (t.state == TrialState.PRUNED)
+    out = sh(admin, stack, "l2lab", "report").stdout
+    assert study.study_name in out and "pruned_at_epoch" in out
 
 
 OPEN_AND_CREATE = """

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 
-# No servers: `make test` runs these where the team extras are installed, `make test-team` always.
-pytest.importorskip("optuna", reason="team extras not installed (make install-team)")
-
-from l2lab.errors import L2labError  # noqa: E402
-from l2lab.team import queue  # noqa: E402
+from l2lab import studies
+from l2lab.errors import L2labError
+from l2lab.team import queue
 
 
 @pytest.fixture
 def storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(queue, "GRACE_SECONDS", 1)
+    monkeypatch.setattr(studies, "GRACE_SECONDS", 1)
     return queue.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
@@ -192,3 +190,45 @@ def test_sweep_ids_started_in_one_second_differ() -> None:
 
     ids = {new_sweep_id() for _ in range(10)}  # 24 random bits: a clash in 10 draws is a 1-in-370,000 event
     assert len(ids) == 10 and all(i.startswith("sweep-") and len(i) == len("sweep-20261201-231500-3f9a1c") for i in ids)
+
+
+def a_tune(storage, name: str, trials: int, seed: int | None = 5) -> object:
+    import optuna
+
+    space = {"train.l2": optuna.distributions.FloatDistribution(1e-6, 1e-1, log=True),
+             "train.optimizer": optuna.distributions.CategoricalDistribution(("adam", "sgd"))}
+    study = queue.tune_study(storage, name, space, {"train.epochs": "3"}, trials, "random", seed,
+                             {"name": "median", "epochs": 3}, {"commit": "c0ffee", "parent_run_id": "p"})
+    assert queue.sweeps(storage) == [] or name not in [s.study_name for s in queue.sweeps(storage)]  # not yet marked
+    study.set_user_attr(queue.SWEEP_ATTR, name)
+    return study
+
+
+def test_a_tune_s_workers_draw_trials_until_its_count_then_none(storage) -> None:
+    study = a_tune(storage, "tune-a", trials=2)
+    first, second = queue.take(storage, study), queue.take(storage, study)
+    assert queue.take(storage, study) is None  # two drawn: no third
+    assert first.point.startswith("t000_l2=") and first.point.endswith("_tune-a")
+    assert first.sets["train.epochs"] == "3" and float(first.sets["train.l2"]) == study.trials[0].params["train.l2"]
+    assert first.sets != second.sets  # the sampler is seeded per draw: two workers never draw alike
+    again = a_tune(storage, "tune-b", trials=2)  # the same seed, one worker: the same draws
+    assert [queue.take(storage, again).sets for _ in range(2)] == [first.sets, second.sets]
+
+
+def test_a_draw_past_the_count_by_workers_asking_at_once_is_surplus(storage, monkeypatch) -> None:
+    from optuna.trial import TrialState
+
+    study = a_tune(storage, "tune-c", trials=1)
+    other = study.ask()  # another worker drew the one trial after this one counted none
+    other.set_user_attr("point", "t000_other_tune-c")
+    real, counted = queue.drawn_points, []
+
+    def drawn_points(s):  # the first count (before drawing) saw none: the other worker had not drawn yet
+        counted.append(s)
+        return {} if len(counted) == 1 else real(s)
+
+    monkeypatch.setattr(queue, "drawn_points", drawn_points)
+    assert queue.take(storage, study) is None
+    mine = study.trials[-1]
+    assert mine.state == TrialState.FAIL and mine.user_attrs["l2lab.surplus"]
+    assert [t.number for t in queue.tune_trials(study)] == [other.number]

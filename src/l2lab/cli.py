@@ -110,19 +110,29 @@ def sweep_command(args: argparse.Namespace) -> int:
 def tune_command(args: argparse.Namespace) -> int:
     from l2lab.sweeps.grid import parse_sets
     from l2lab.sweeps.report import REPORT_DIR, make_report
+    from l2lab.studies import storage_url
     from l2lab.sweeps.tune import parse_space, run_tune
 
     if args.jobs < 1:
         raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
     fixed = parse_sets(args.sets)
     space = parse_space(args.space, Path.cwd() / "params.yaml", fixed)
-    tune = run_tune(space, fixed, args.trials, args.jobs, Path.cwd(), args.sampler, args.pruner, args.seed,
-                    args.storage)
+    storage = storage_url(args.storage)
+    if storage and "://" in storage:  # a database: team mode, `l2lab worker`s run the trials
+        from l2lab.sweeps.tune import check_choices, tune_epochs
+        from l2lab.team.sweep import run_team_tune
+
+        check_choices(args.trials, args.sampler, args.pruner)
+        tune = run_team_tune({k: d.distribution() for k, d in space.items()}, fixed, args.trials,
+                             tune_epochs(Path.cwd(), fixed), Path.cwd(), storage, args.sampler, args.pruner, args.seed,
+                             {k: d.text for k, d in space.items()})
+    else:
+        tune = run_tune(space, fixed, args.trials, args.jobs, Path.cwd(), args.sampler, args.pruner, args.seed, storage)
     print_report(make_report(tune, REPORT_DIR))
     failed = sorted(name for name, status in tune.results.items() if status != "Success")
     if failed:
-        log.error("error: %d of %d trials failed: %s (see `dvc queue logs <name>`)", len(failed), len(tune.results),
-                  ", ".join(failed))
+        where = "the output of the workers that ran them" if storage and "://" in storage else "`dvc queue logs <name>`"
+        log.error("error: %d of %d trials failed: %s (see %s)", len(failed), len(tune.results), ", ".join(failed), where)
         return 1
     return 0
 

@@ -23,7 +23,7 @@ from typing import Any
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
 from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TRIAL_ID_TAG,
-                           TRIAL_TAG, local_journal, make_pruner, make_sampler, open_storage, redact, storage_url)
+                           TRIAL_TAG, local_journal, make_pruner, make_sampler, open_storage, redact)
 from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, start_workers, stop_points,
                                    worker_count)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
@@ -124,20 +124,30 @@ def parse_space(items: list[str], params_path: Path, fixed: dict[str, str]) -> d
     return space
 
 
-def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jobs: int, cwd: Path,
-             sampler: str = "tpe", pruner: str = "hyperband", seed: int | None = None,
-             storage: str | None = None) -> Sweep:
-    """Run trials trials, at most jobs at once; return the tune as a Sweep (its id, parent run, results)."""
-    import optuna
-    from optuna.exceptions import DuplicatedStudyError
-    from optuna.trial import TrialState
-
+def check_choices(trials: int, sampler: str, pruner: str) -> None:
     if sampler not in SAMPLERS or pruner not in PRUNERS:
         raise L2labError(f"--sampler is one of {', '.join(SAMPLERS)}; --pruner one of {', '.join(PRUNERS)}")
     if trials < 1:
         raise L2labError(f"--trials must be at least 1, got {trials}")
-    epochs = parse_params(override(load_params(cwd / "params.yaml").model_dump(), fixed), "params.yaml").train.epochs
-    url = storage_url(storage) or str(local_journal())
+
+
+def tune_epochs(cwd: Path, fixed: dict[str, str]) -> int:
+    """The trials' train.epochs (params.yaml with the -S overrides): the pruners' longest training."""
+    return parse_params(override(load_params(cwd / "params.yaml").model_dump(), fixed), "params.yaml").train.epochs
+
+
+def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jobs: int, cwd: Path,
+             sampler: str = "tpe", pruner: str = "hyperband", seed: int | None = None,
+             storage: str | None = None) -> Sweep:
+    """Run trials trials on this machine's DVC queue, jobs at once; return the tune as a Sweep (its id, parent
+    run, results). storage: the study's journal file (default optuna.journal beside mlflow.db)."""
+    import optuna
+    from optuna.exceptions import DuplicatedStudyError
+    from optuna.trial import TrialState
+
+    check_choices(trials, sampler, pruner)
+    epochs = tune_epochs(cwd, fixed)
+    url = storage or str(local_journal())
     tune_id = new_sweep_id("tune")
     store = connect(cwd)
     end_stale_runs(store)

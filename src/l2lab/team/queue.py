@@ -10,14 +10,13 @@ the point's attributes, for another worker.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from l2lab.errors import L2labError
-from l2lab.studies import GRACE_SECONDS, STORAGE_ENV, open_storage, redact, storage_url  # noqa: F401 (team's names)
+from l2lab.studies import (GRACE_SECONDS, HEARTBEAT_SECONDS, PRUNER_ATTR, STORAGE_ENV, open_storage,  # noqa: F401
+                           redact, storage_url)
 from l2lab.tracking.sweeps import SWEEP_TAG
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,74 @@ def sweeps(storage, sweep_id: str | None = None) -> list[Any]:
     return [s for s in studies if s.user_attrs.get(SWEEP_ATTR)]
 
 
+TUNE_ATTRS = ("l2lab.tune_id", "l2lab.space", "l2lab.fixed", "l2lab.trials", "l2lab.sampler", "l2lab.seed")
+
+
+def tune_study(storage, tune_id: str, space: dict[str, Any], fixed: dict[str, str], trials: int, sampler: str,
+               seed: int | None, pruner: dict[str, Any], attrs: dict[str, Any]) -> Any:
+    """A team tune's study: no trial enqueued; each worker asks its sampler for the next trial (take). Not
+    yet marked as a sweep (SWEEP_ATTR): the caller marks it when its parent run and commit are set."""
+    from optuna.distributions import distribution_to_json
+
+    study = new_study(storage, tune_id)
+    for key, value in {"l2lab.tune_id": tune_id, PRUNER_ATTR: pruner,
+                       "l2lab.space": {k: distribution_to_json(d) for k, d in space.items()}, "l2lab.fixed": fixed,
+                       "l2lab.trials": trials, "l2lab.sampler": sampler, "l2lab.seed": seed, **attrs}.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def ask(storage, study) -> Task | None:
+    """A team tune's next trial, drawn here by the study's sampler (None once --trials are drawn, or the tune
+    stopped). The sampler is seeded with the tune's seed plus the trials drawn so far: two workers never
+    draw alike, and one worker draws the same trials twice. A draw past --trials (two workers asked at
+    once) ends FAIL, marked surplus, and is left out of the tune; retries of a point do not count."""
+    import optuna
+    from optuna.distributions import json_to_distribution
+    from optuna.trial import TrialState
+
+    from l2lab.studies import make_sampler
+    from l2lab.sweeps.grid import trial_name, value_text
+
+    attrs = study.user_attrs
+    target = attrs["l2lab.trials"]
+    if attrs.get("l2lab.stopped") or len(drawn_points(study)) >= target:
+        return None
+    seed = attrs["l2lab.seed"]
+    study.sampler = make_sampler(attrs["l2lab.sampler"], None if seed is None else seed + len(study.trials))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = study.ask({k: json_to_distribution(v) for k, v in attrs["l2lab.space"].items()})
+    name = trial_name(attrs["l2lab.tune_id"], trial.number, trial.params)
+    sets = {**attrs["l2lab.fixed"], **{k: value_text(v) for k, v in trial.params.items()}}
+    trial.set_user_attr("point", name)
+    trial.set_user_attr("sets", sets)
+    # Workers that asked at once agree on which draws are past --trials: the latest ones.
+    if sorted(drawn_points(study).values()).index(trial.number) >= target:
+        trial.set_user_attr("l2lab.surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    storage.record_heartbeat(trial._trial_id)
+    return Task(storage, study, trial.number, trial._trial_id, name, sets, None)
+
+
+def drawn_points(study) -> dict[str, int]:
+    """A tune's points drawn so far (surplus draws left out) -> the number of its first trial (a retry of a
+    point is a later trial of the same point)."""
+    first: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        point = t.user_attrs.get("point")
+        if point and not t.user_attrs.get("l2lab.surplus"):
+            first[point] = min(first.get(point, t.number), t.number)
+    return first
+
+
+def is_tune(study) -> bool:
+    return bool(study.user_attrs.get("l2lab.tune_id"))
+
+
 def take(storage, study) -> Task | None:
-    """Fail the study's stale trials (their retries get enqueued), then take its next waiting trial."""
+    """Fail the study's stale trials (their retries get enqueued), then take its next waiting trial; for a
+    tune with none waiting, ask its sampler for a new one."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
@@ -89,7 +154,7 @@ def take(storage, study) -> Task | None:
         storage.record_heartbeat(trial._trial_id)
         return Task(storage, study, trial.number, trial._trial_id, trial.user_attrs["point"], dict(trial.user_attrs["sets"]),
                     trial.system_attrs.get("failed_trial"))
-    return None
+    return ask(storage, study) if is_tune(study) else None
 
 
 def point_states(study) -> dict[str, str]:
@@ -149,4 +214,9 @@ def trials_running(studies: list[Any]) -> int:
     from optuna.trial import TrialState
 
     return sum(len(s.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) for s in studies)
+
+
+def tune_trials(study) -> list[Any]:
+    """A team tune's trials, surplus draws left out."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("l2lab.surplus")]
 

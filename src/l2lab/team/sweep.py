@@ -1,16 +1,20 @@
-"""`l2lab sweep --storage`: a grid enqueued for `l2lab worker`s on any machine, followed to its end."""
+"""`l2lab sweep --storage` / `l2lab tune --storage`: a grid enqueued for `l2lab worker`s on any machine, or a
+tune whose workers each ask its sampler for their next trial; followed to its end."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
-from l2lab.sweeps.follow import Progress, wait
-from l2lab.sweeps.grid import Sweep, plan
+from l2lab.sweeps.follow import PROGRESS_SECONDS, Progress, wait
+from l2lab.sweeps.grid import Sweep, new_sweep_id, plan
 from l2lab.team import queue as team_queue
 from l2lab.team.clone import check_shared_tracking, pushed_commit
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
+from l2lab.studies import STUDY_TAG
 from l2lab.tracking.sweeps import end_unstarted, point_progress, point_runs, reserve, sweep_parent
 
 log = logging.getLogger(__name__)
@@ -56,3 +60,62 @@ def run_team_sweep(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
             raise
         parent.failed = any(status != "Success" for status in results.values())
     return Sweep(sweep_id, parent.run_id, results)
+
+
+POLL_SECONDS = 5.0
+
+
+def run_team_tune(space: dict[str, Any], fixed: dict[str, str], trials: int, epochs: int, cwd: Path, storage_url: str,
+                  sampler: str, pruner: str, seed: int | None, texts: dict[str, str]) -> Sweep:
+    """A tune for `l2lab worker`s: its study holds the space, the sampler's name and seed and the pruner; each
+    worker asks for its next trial (team.queue.ask) and runs it as a point, the train stage reporting to it.
+    Followed here until --trials have ended; Ctrl-C or SIGTERM stops further draws (running trials finish).
+
+    space: params.yaml key -> Optuna distribution; texts: the --space texts, for the parent run."""
+    from optuna.trial import TrialState
+
+    tune_id = new_sweep_id("tune")
+    check_shared_tracking(cwd)
+    commit = pushed_commit(cwd)
+    store = connect(cwd)
+    storage = team_queue.open_storage(storage_url)
+    end_stale_runs(store)
+    settings = {"trials": str(trials), "sampler": sampler, "pruner": pruner, "seed": str(seed), "jobs": "team workers"}
+    study = team_queue.tune_study(storage, tune_id, space, fixed, trials, sampler, seed, {"name": pruner, "epochs": epochs},
+                                  {})  # before the parent run: a clash leaves nothing behind
+    with sweep_parent(store, tune_id, {k: [v] for k, v in texts.items()}, fixed, tune=settings) as parent:
+        store.write(lambda: store.client.set_tag(parent.run_id, STUDY_TAG, tune_id))
+        study.set_user_attr("commit", commit)
+        study.set_user_attr("parent_run_id", parent.run_id)
+        study.set_user_attr(team_queue.SWEEP_ATTR, tune_id)  # last: workers take up a study once it is marked
+        log.info("tune %s: %d trials for team workers (commit %s; MLflow parent run %s); on each worker machine: "
+                 "l2lab worker --sweep %s", tune_id, trials, commit[:12], parent.run_id, tune_id)
+        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        last, said = "", 0.0
+        try:
+            while True:
+                mine = team_queue.tune_trials(study)
+                latest: dict[str, Any] = {}  # a point's latest try (a retry supersedes a failure)
+                for t in mine:
+                    name = t.user_attrs.get("point")
+                    if name and (name not in latest or t.number > latest[name].number):
+                        latest[name] = t
+                finished = [t for t in latest.values() if t.state in ended]
+                counts = f"{len(finished)}/{len(latest)}"
+                if counts != last or time.monotonic() - said >= PROGRESS_SECONDS:
+                    log.info("tune progress: %d/%d trials ended (%d pruned, %d failed), %d running", len(finished),
+                             trials, sum(t.state == TrialState.PRUNED for t in finished),
+                             sum(t.state == TrialState.FAIL for t in finished), len(latest) - len(finished))
+                    last, said = counts, time.monotonic()
+                if len(finished) >= trials:
+                    break
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            study.set_user_attr("l2lab.stopped", True)
+            log.info("tune %s stopped: workers draw no more trials; running ones finish", tune_id)
+            raise
+        results = {name: {"COMPLETE": "Success", "PRUNED": "Success"}.get(t.state.name, "Failed")
+                   for name, t in latest.items()}
+        parent.failed = any(status != "Success" for status in results.values())
+    return Sweep(tune_id, parent.run_id, results)
+

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from l2lab.commands import RETRAIN, dvc, dvc_command, set_args
 from l2lab.errors import L2labError
+from l2lab.studies import STUDY_TAG, TRIAL_ID_TAG, TRIAL_TAG
 from l2lab.team import queue
 from l2lab.team.clone import check_clone, check_shared_tracking, checkout
 from l2lab.tracking.store import connect
@@ -57,7 +58,9 @@ def run_point(task: queue.Task, clone: Path) -> bool:
     value, stop, trained = None, None, False
     try:
         with queue.Heartbeat(task):
-            run_id = prepare_run(store, parent_id, sweep_id, task.point, task.sets)
+            trial_tags = ({STUDY_TAG: sweep_id, TRIAL_TAG: str(task.number), TRIAL_ID_TAG: str(task.trial_id)}
+                          if queue.is_tune(task.study) else None)  # a tune's train stage reports to its trial
+            run_id = prepare_run(store, parent_id, sweep_id, task.point, task.sets, trial_tags)
             checkout(clone, commit)
             pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=clone, capture_output=True, text=True)
             if pulled.returncode != 0:
@@ -83,10 +86,10 @@ def run_point(task: queue.Task, clone: Path) -> bool:
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM outside the training (checkout, pull, push)
         stop = exc
     except BaseException:
-        task.study.tell(task.number, state=TrialState.FAIL)
+        tell(task, state=TrialState.FAIL)
         raise
     if value is None:
-        task.study.tell(task.number, state=TrialState.FAIL)
+        tell(task, state=TrialState.FAIL)
         if stop is None:
             log.error("%s: failed", task.point)
             return False
@@ -99,11 +102,20 @@ def run_point(task: queue.Task, clone: Path) -> bool:
             log.error("%s: interrupted while pushing its experiment: the point ends FAILED (its run FINISHED); "
                       "dvc exp push origin %s from %s shares it", task.point, task.point, clone)
         raise stop
-    task.study.tell(task.number, value)
+    tell(task, value)
     log.info("%s: done, val_accuracy %.4f", task.point, value)
     if stop is not None:
         raise stop  # it finished before the stop reached it
     return True
+
+
+def tell(task: queue.Task, value: float | None = None, state=None) -> None:
+    """Tell the study how the point ended, unless its train stage already did (a tune's trial: it tells its
+    value, or that it was pruned, when training ends)."""
+    from optuna.trial import TrialState
+
+    if task.storage.get_trial(task.trial_id).state == TrialState.RUNNING:
+        task.study.tell(task.number, value, state=state)
 
 
 def push(clone: Path, name: str) -> None:

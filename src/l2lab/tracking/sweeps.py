@@ -122,7 +122,8 @@ def point_runs(store: Store, parent_id: str, name: str) -> list:
                        order_by=["attributes.start_time DESC"])
 
 
-def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str, sets: dict[str, str] | None = None) -> str:
+def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str, sets: dict[str, str] | None = None,
+                tags: dict[str, str] | None = None) -> str:
     """The point's run, waiting (SCHEDULED) for its train stage: the sweep's reservation, or a new one
     when an earlier try took it. An earlier try's run still RUNNING belongs to a worker whose
     heartbeat stopped (Optuna handed its point to this one): it ends KILLED."""
@@ -134,7 +135,7 @@ def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str, sets: di
                         run.info.run_id)
         elif run.info.status == RESERVED:
             waiting = run.info.run_id
-    return waiting or reserve(store, parent_id, sweep_id, name, sets)
+    return waiting or reserve(store, parent_id, sweep_id, name, sets, tags)
 
 
 def finished_value(store: Store, parent_id: str, name: str) -> float | None:
