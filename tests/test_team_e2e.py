@@ -199,6 +199,8 @@ def test_a_tune_across_two_workers_each_asking_the_sampler(tmp_path: Path, stack
         epochs = len(client.get_metric_history(r.info.run_id, "val_accuracy"))
         assert epochs == len(t.intermediate_values)  # every epoch reported to the trial by the train stage
         assert ("l2lab.pruned_at_epoch" in r.data.tags) == (t.state == TrialState.PRUNED)
+        assert "test_accuracy" in r.data.metrics  # evaluated before the tune's report, pruned ones too
+        assert study.user_attrs[f"{queue.LANDED_PREFIX}{t.user_attrs['point']}"] == "Success"
     out = sh(admin, stack, "l2lab", "report").stdout
     assert study.study_name in out and "pruned_at_epoch" in out
 

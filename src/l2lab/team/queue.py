@@ -72,6 +72,7 @@ def sweeps(storage, sweep_id: str | None = None) -> list[Any]:
     return [s for s in studies if s.user_attrs.get(SWEEP_ATTR)]
 
 
+LANDED_PREFIX = "l2lab.landed."  # a tune study's attribute l2lab.landed.<point>: its worker ended it (Success/Failed)
 TUNE_ATTRS = ("l2lab.tune_id", "l2lab.space", "l2lab.fixed", "l2lab.trials", "l2lab.sampler", "l2lab.seed")
 
 

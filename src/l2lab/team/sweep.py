@@ -90,7 +90,6 @@ def run_team_tune(space: dict[str, Any], fixed: dict[str, str], trials: int, epo
         study.set_user_attr(team_queue.SWEEP_ATTR, tune_id)  # last: workers take up a study once it is marked
         log.info("tune %s: %d trials for team workers (commit %s; MLflow parent run %s); on each worker machine: "
                  "l2lab worker --sweep %s", tune_id, trials, commit[:12], parent.run_id, tune_id)
-        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         last, said = "", 0.0
         try:
             while True:
@@ -100,7 +99,9 @@ def run_team_tune(space: dict[str, Any], fixed: dict[str, str], trials: int, epo
                     name = t.user_attrs.get("point")
                     if name and (name not in latest or t.number > latest[name].number):
                         latest[name] = t
-                finished = [t for t in latest.values() if t.state in ended]
+                attrs = study.user_attrs  # a point is over once its worker marked it, or its last try failed
+                finished = [t for name, t in latest.items()
+                            if f"{team_queue.LANDED_PREFIX}{name}" in attrs or t.state == TrialState.FAIL]
                 counts = f"{len(finished)}/{len(latest)}"
                 if counts != last or time.monotonic() - said >= PROGRESS_SECONDS:
                     log.info("tune progress: %d/%d trials ended (%d pruned, %d failed), %d running", len(finished),
@@ -114,8 +115,8 @@ def run_team_tune(space: dict[str, Any], fixed: dict[str, str], trials: int, epo
             study.set_user_attr("l2lab.stopped", True)
             log.info("tune %s stopped: workers draw no more trials; running ones finish", tune_id)
             raise
-        results = {name: {"COMPLETE": "Success", "PRUNED": "Success"}.get(t.state.name, "Failed")
-                   for name, t in latest.items()}
+        attrs = study.user_attrs
+        results = {name: attrs.get(f"{team_queue.LANDED_PREFIX}{name}", "Failed") for name in latest}
         parent.failed = any(status != "Success" for status in results.values())
     return Sweep(tune_id, parent.run_id, results)
 

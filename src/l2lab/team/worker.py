@@ -92,6 +92,7 @@ def run_point(task: queue.Task, clone: Path) -> bool:
         tell(task, state=TrialState.FAIL)
         if stop is None:
             log.error("%s: failed", task.point)
+            landed(task, "Failed")
             return False
         if not trained:  # nothing finished: another worker runs the point
             queue.requeue(task)
@@ -99,10 +100,12 @@ def run_point(task: queue.Task, clone: Path) -> bool:
             log.warning("%s: interrupted; its run is %s and the point is queued again for another worker",
                         task.point, runs[0].info.status if runs else "gone")
         else:  # trained, but stopped while pushing: a second run would be a second FINISHED one
+            landed(task, "Failed")
             log.error("%s: interrupted while pushing its experiment: the point ends FAILED (its run FINISHED); "
                       "dvc exp push origin %s from %s shares it", task.point, task.point, clone)
         raise stop
     tell(task, value)
+    landed(task, "Success")
     log.info("%s: done, val_accuracy %.4f", task.point, value)
     if stop is not None:
         raise stop  # it finished before the stop reached it
@@ -116,6 +119,13 @@ def tell(task: queue.Task, value: float | None = None, state=None) -> None:
 
     if task.storage.get_trial(task.trial_id).state == TrialState.RUNNING:
         task.study.tell(task.number, value, state=state)
+
+
+def landed(task: queue.Task, status: str) -> None:
+    """Mark in a tune's study that this point's work is over (Success or Failed): its trial was told when its
+    training ended, before evaluate and the push, so the trial's state alone cannot say so."""
+    if queue.is_tune(task.study):
+        task.study.set_user_attr(f"{queue.LANDED_PREFIX}{task.point}", status)
 
 
 def push(clone: Path, name: str) -> None:
