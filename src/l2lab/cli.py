@@ -47,8 +47,8 @@ def parser() -> argparse.ArgumentParser:
                       help="stops poor trials early, from their val_accuracy after each epoch (default hyperband)")
     tune.add_argument("--jobs", "-j", type=int, default=2, help="trials at once, one queue worker each (default 2)")
     tune.add_argument("--seed", type=int, default=None, help="the sampler's seed: with --jobs 1, the same trials again")
-    tune.add_argument("--storage", help="the study's Optuna storage: a database URL (team mode's PostgreSQL) or a "
-                      "file (default $L2LAB_STORAGE, else optuna.journal beside mlflow.db)")
+    tune.add_argument("--storage", help="the study's Optuna storage: a file (default $L2LAB_STORAGE, else "
+                      "optuna.journal beside mlflow.db), or a database URL: team mode, `l2lab worker`s run the trials")
     tune.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                       help="params.yaml override for every trial, as for dvc exp run -S")
     report = sub.add_parser("report", help="table, plots and champion of a sweep or a tune")
