@@ -27,6 +27,7 @@ TRIAL_TAG = "l2lab.trial"  # the trial's number in its study (0, 1, ...)
 TRIAL_ID_TAG = "l2lab.optuna_trial_id"  # its id in the storage, what optuna.trial.Trial takes
 PRUNED_TAG = "l2lab.pruned_at_epoch"  # on a pruned trial's run: the last epoch it trained
 PRUNER_ATTR = "l2lab.pruner"  # study user attribute: how to rebuild its pruner in the train stage
+TUNE_ATTR = "l2lab.tune_id"  # study user attribute: the study is an l2lab tune's (not a grid's queue)
 
 SAMPLERS = ("tpe", "random", "gp")
 PRUNERS = ("hyperband", "median", "none")

@@ -23,7 +23,7 @@ from typing import Any
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
 from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TRIAL_ID_TAG,
-                           TRIAL_TAG, local_journal, make_pruner, make_sampler, open_storage, redact)
+                           TRIAL_TAG, TUNE_ATTR, local_journal, make_pruner, make_sampler, open_storage, redact)
 from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, start_workers, stop_points,
                                    worker_count)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
@@ -35,7 +35,6 @@ from l2lab.tracking.sweeps import point_progress, points_live, reserve, sweep_pa
 
 log = logging.getLogger(__name__)
 
-TUNE_ATTR = "l2lab.tune_id"  # study user attribute: a tune's study (team workers take only enqueued grid trials)
 
 
 @dataclass(frozen=True)

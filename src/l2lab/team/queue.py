@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from l2lab.errors import L2labError
-from l2lab.studies import (GRACE_SECONDS, HEARTBEAT_SECONDS, PRUNER_ATTR, STORAGE_ENV, open_storage,  # noqa: F401
-                           redact, storage_url)
+from l2lab.studies import (GRACE_SECONDS, HEARTBEAT_SECONDS, PRUNER_ATTR, STORAGE_ENV, TUNE_ATTR,  # noqa: F401
+                           open_storage, redact, storage_url)
 from l2lab.tracking.sweeps import SWEEP_TAG
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ def sweeps(storage, sweep_id: str | None = None) -> list[Any]:
 
 
 LANDED_PREFIX = "l2lab.landed."  # a tune study's attribute l2lab.landed.<point>: its worker ended it (Success/Failed)
-TUNE_ATTRS = ("l2lab.tune_id", "l2lab.space", "l2lab.fixed", "l2lab.trials", "l2lab.sampler", "l2lab.seed")
 
 
 def tune_study(storage, tune_id: str, space: dict[str, Any], fixed: dict[str, str], trials: int, sampler: str,
@@ -83,7 +82,7 @@ def tune_study(storage, tune_id: str, space: dict[str, Any], fixed: dict[str, st
     from optuna.distributions import distribution_to_json
 
     study = new_study(storage, tune_id)
-    for key, value in {"l2lab.tune_id": tune_id, PRUNER_ATTR: pruner,
+    for key, value in {TUNE_ATTR: tune_id, PRUNER_ATTR: pruner,
                        "l2lab.space": {k: distribution_to_json(d) for k, d in space.items()}, "l2lab.fixed": fixed,
                        "l2lab.trials": trials, "l2lab.sampler": sampler, "l2lab.seed": seed, **attrs}.items():
         study.set_user_attr(key, value)
@@ -110,7 +109,7 @@ def ask(storage, study) -> Task | None:
     study.sampler = make_sampler(attrs["l2lab.sampler"], None if seed is None else seed + len(study.trials))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = study.ask({k: json_to_distribution(v) for k, v in attrs["l2lab.space"].items()})
-    name = trial_name(attrs["l2lab.tune_id"], trial.number, trial.params)
+    name = trial_name(attrs[TUNE_ATTR], trial.number, trial.params)
     sets = {**attrs["l2lab.fixed"], **{k: value_text(v) for k, v in trial.params.items()}}
     trial.set_user_attr("point", name)
     trial.set_user_attr("sets", sets)
@@ -135,7 +134,7 @@ def drawn_points(study) -> dict[str, int]:
 
 
 def is_tune(study) -> bool:
-    return bool(study.user_attrs.get("l2lab.tune_id"))
+    return bool(study.user_attrs.get(TUNE_ATTR))
 
 
 def take(storage, study) -> Task | None:
