@@ -51,6 +51,11 @@ def wait_for_queue(project: Path, timeout: float = 600) -> str:
 
 
 def test_plain_dvc_queue_runs_each_point_once_with_its_own_code(project: Path) -> None:
+    # The README's flow: the data locked first. Two points downloading at once can collide in DVC's own
+    # run-cache writes (docs/troubleshooting.md), which is not what this test is about.
+    run(project, "dvc", "repro", "preprocess")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "data")
     assert not (project / "mlflow.db").exists()
     run(project, "dvc", "exp", "run", "--queue", "-S", "train.l2=0,0.01")
     # Break the workspace code after queueing: the queued experiments must not see it.
