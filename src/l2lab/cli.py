@@ -118,7 +118,8 @@ def tune_command(args: argparse.Namespace) -> int:
     fixed = parse_sets(args.sets)
     space = parse_space(args.space, Path.cwd() / "params.yaml", fixed)
     storage = storage_url(args.storage)
-    if storage and "://" in storage:  # a database: team mode, `l2lab worker`s run the trials
+    team = bool(storage and "://" in storage)  # a database: team mode, `l2lab worker`s run the trials
+    if team:
         from l2lab.sweeps.tune import check_choices, tune_epochs
         from l2lab.team.sweep import run_team_tune
 
@@ -131,7 +132,7 @@ def tune_command(args: argparse.Namespace) -> int:
     print_report(make_report(tune, REPORT_DIR))
     failed = sorted(name for name, status in tune.results.items() if status != "Success")
     if failed:
-        where = "the output of the workers that ran them" if storage and "://" in storage else "`dvc queue logs <name>`"
+        where = "the output of the workers that ran them" if team else "`dvc queue logs <name>`"
         log.error("error: %d of %d trials failed: %s (see %s)", len(failed), len(tune.results), ", ".join(failed), where)
         return 1
     return 0

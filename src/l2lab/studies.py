@@ -117,7 +117,7 @@ def make_sampler(name: str, seed: int | None) -> Any:
 def make_pruner(name: str, epochs: int, startup: int = 2) -> Any:
     """hyperband (min 1 epoch, max the trials' epochs, reduction factor 3), median (a trial below the median
     of the finished trials at the same epoch stops, once startup trials have finished; never at epoch 1),
-    or none. Rebuilt from the same three values in every train stage (a pruner is not stored)."""
+    or none. Rebuilt from name and epochs in every train stage (a pruner is not stored)."""
     import optuna
 
     if name == "hyperband":
@@ -149,16 +149,25 @@ class TrialLink:
             self.study.tell(self.trial, val_accuracy)
 
 
-def trial_link(tags: dict[str, str]) -> TrialLink | None:
-    """The trial a tune's run stands for (its tags name study and trial); None for any other run.
+def trial_tags(study_name: str, number: int, trial_id: int) -> dict[str, str]:
+    """The tags a tune trial's run is reserved with: how its train stage finds its trial (trial_link)."""
+    return {STUDY_TAG: study_name, TRIAL_TAG: str(number), TRIAL_ID_TAG: str(trial_id)}
 
-    The study's storage: L2LAB_STORAGE (which `l2lab tune` sets for the queue workers it starts), else
-    the repository's journal file."""
+
+def load_tune_study(name: str) -> Any:
+    """A tune's study by name, from L2LAB_STORAGE (which `l2lab tune` sets for its queue workers; team mode's
+    database), else the repository's journal file."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=open_storage(storage_url(None) or str(local_journal())))
+
+
+def trial_link(tags: dict[str, str]) -> TrialLink | None:
+    """The trial a tune's run stands for (its tags name study and trial); None for any other run."""
     if STUDY_TAG not in tags:
         return None
     import optuna
 
-    storage = open_storage(storage_url(None) or str(local_journal()))
-    study = optuna.load_study(study_name=tags[STUDY_TAG], storage=storage)
+    study = load_tune_study(tags[STUDY_TAG])
     study.pruner = make_pruner(**study.user_attrs[PRUNER_ATTR])
     return TrialLink(study, optuna.trial.Trial(study, int(tags[TRIAL_ID_TAG])))

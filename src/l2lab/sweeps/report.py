@@ -319,10 +319,10 @@ def tune_figures(study_name: str, folder: Path) -> list[str]:
     import optuna.visualization.matplotlib as plots
 
     from l2lab.imports import pyplot
-    from l2lab.studies import local_journal, open_storage, storage_url
+    from l2lab.studies import load_tune_study
 
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url(None) or str(local_journal())))
+        study = load_tune_study(study_name)
     except (KeyError, L2labError) as exc:
         log.warning("the tune's Optuna study %s was not found (%s): its Optuna plots are left out", study_name, exc)
         return []

@@ -22,8 +22,8 @@ from typing import Any
 
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
-from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TRIAL_ID_TAG,
-                           TRIAL_TAG, TUNE_ATTR, local_journal, make_pruner, make_sampler, open_storage, redact)
+from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TUNE_ATTR,
+                           local_journal, make_pruner, make_sampler, open_storage, redact, trial_tags)
 from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, start_workers, stop_points,
                                    worker_count)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
@@ -176,8 +176,7 @@ def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jo
             trial = study.ask(distributions)
             name = trial_name(tune_id, trial.number, trial.params)
             sets = {**fixed, **{key: value_text(v) for key, v in trial.params.items()}}
-            run_id = reserve(store, parent.run_id, tune_id, name, sets, {
-                STUDY_TAG: tune_id, TRIAL_TAG: str(trial.number), TRIAL_ID_TAG: str(trial._trial_id)})
+            run_id = reserve(store, parent.run_id, tune_id, name, sets, trial_tags(tune_id, trial.number, trial._trial_id))
             trial.set_user_attr("dvc_experiment", name)
             trial.set_user_attr("mlflow_run_id", run_id)
             point = Point(name, sets)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from l2lab.errors import L2labError
-from l2lab.studies import (GRACE_SECONDS, HEARTBEAT_SECONDS, PRUNER_ATTR, STORAGE_ENV, TUNE_ATTR,  # noqa: F401
-                           open_storage, redact, storage_url)
+from l2lab.studies import HEARTBEAT_SECONDS, PRUNER_ATTR, TUNE_ATTR, open_storage, redact  # noqa: F401 (team's names)
 from l2lab.tracking.sweeps import SWEEP_TAG
 
 log = logging.getLogger(__name__)
@@ -157,14 +156,20 @@ def take(storage, study) -> Task | None:
     return ask(storage, study) if is_tune(study) else None
 
 
-def point_states(study) -> dict[str, str]:
-    """Point name -> Queued/Running/Success/Failed, from its latest trial (a retry supersedes a failure)."""
+def latest_tries(trials: list[Any]) -> dict[str, Any]:
+    """Point name -> its latest trial among trials (a retry supersedes a failure)."""
     latest: dict[str, Any] = {}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         name = trial.user_attrs.get("point")
         if name and (name not in latest or trial.number > latest[name].number):
             latest[name] = trial
-    return {name: STATES.get(trial.state.name, trial.state.name) for name, trial in latest.items()}
+    return latest
+
+
+def point_states(study) -> dict[str, str]:
+    """Point name -> Queued/Running/Success/Failed, from its latest trial."""
+    return {name: STATES.get(trial.state.name, trial.state.name)
+            for name, trial in latest_tries(study.get_trials(deepcopy=False)).items()}
 
 
 def cancel_waiting(storage, study) -> list[str]:

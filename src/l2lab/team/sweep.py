@@ -93,12 +93,7 @@ def run_team_tune(space: dict[str, Any], fixed: dict[str, str], trials: int, epo
         last, said = "", 0.0
         try:
             while True:
-                mine = team_queue.tune_trials(study)
-                latest: dict[str, Any] = {}  # a point's latest try (a retry supersedes a failure)
-                for t in mine:
-                    name = t.user_attrs.get("point")
-                    if name and (name not in latest or t.number > latest[name].number):
-                        latest[name] = t
+                latest = team_queue.latest_tries(team_queue.tune_trials(study))
                 attrs = study.user_attrs  # a point is over once its worker marked it, or its last try failed
                 finished = [t for name, t in latest.items()
                             if f"{team_queue.LANDED_PREFIX}{name}" in attrs or t.state == TrialState.FAIL]

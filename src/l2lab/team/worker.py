@@ -18,7 +18,7 @@ from pathlib import Path
 
 from l2lab.commands import RETRAIN, dvc, dvc_command, set_args
 from l2lab.errors import L2labError
-from l2lab.studies import STUDY_TAG, TRIAL_ID_TAG, TRIAL_TAG
+from l2lab.studies import trial_tags
 from l2lab.team import queue
 from l2lab.team.clone import check_clone, check_shared_tracking, checkout
 from l2lab.tracking.store import connect
@@ -58,9 +58,8 @@ def run_point(task: queue.Task, clone: Path) -> bool:
     value, stop, trained = None, None, False
     try:
         with queue.Heartbeat(task):
-            trial_tags = ({STUDY_TAG: sweep_id, TRIAL_TAG: str(task.number), TRIAL_ID_TAG: str(task.trial_id)}
-                          if queue.is_tune(task.study) else None)  # a tune's train stage reports to its trial
-            run_id = prepare_run(store, parent_id, sweep_id, task.point, task.sets, trial_tags)
+            tags = trial_tags(sweep_id, task.number, task.trial_id) if queue.is_tune(task.study) else None
+            run_id = prepare_run(store, parent_id, sweep_id, task.point, task.sets, tags)  # a tune's: for its train stage
             checkout(clone, commit)
             pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=clone, capture_output=True, text=True)
             if pulled.returncode != 0:
