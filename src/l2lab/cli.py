@@ -72,7 +72,6 @@ def parser() -> argparse.ArgumentParser:
 
 def sweep_command(args: argparse.Namespace) -> int:
     from l2lab.sweeps.grid import AXES, parse_grid, parse_sets, parse_values
-    from l2lab.sweeps.report import REPORT_DIR, make_report
     from l2lab.studies import storage_url
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
@@ -98,18 +97,11 @@ def sweep_command(args: argparse.Namespace) -> int:
         from l2lab.sweeps.local import run_sweep
 
         sweep = run_sweep(axes, parse_sets(args.sets), args.jobs, Path.cwd(), args.versus_adamw)
-    print_report(make_report(sweep, REPORT_DIR))
-    failed = sorted(name for name, status in sweep.results.items() if status != "Success")
-    if failed:
-        where = "the output of the workers that ran them" if storage else "`dvc queue logs <name>`"
-        log.error("error: %d of %d points failed: %s (see %s)", len(failed), len(sweep.results), ", ".join(failed), where)
-        return 1
-    return 0
+    return report_and_status(sweep, bool(storage), "points")
 
 
 def tune_command(args: argparse.Namespace) -> int:
     from l2lab.sweeps.grid import parse_sets
-    from l2lab.sweeps.report import REPORT_DIR, make_report
     from l2lab.studies import storage_url
     from l2lab.sweeps.tune import parse_space, run_tune
 
@@ -129,11 +121,18 @@ def tune_command(args: argparse.Namespace) -> int:
                              {k: d.text for k, d in space.items()})
     else:
         tune = run_tune(space, fixed, args.trials, args.jobs, Path.cwd(), args.sampler, args.pruner, args.seed, storage)
-    print_report(make_report(tune, REPORT_DIR))
-    failed = sorted(name for name, status in tune.results.items() if status != "Success")
+    return report_and_status(tune, team, "trials")
+
+
+def report_and_status(sweep, team: bool, what: str) -> int:
+    """Print the sweep's (or tune's) report; 1 with one error line naming its failed points, else 0."""
+    from l2lab.sweeps.report import REPORT_DIR, make_report
+
+    print_report(make_report(sweep, REPORT_DIR))
+    failed = sorted(name for name, status in sweep.results.items() if status != "Success")
     if failed:
         where = "the output of the workers that ran them" if team else "`dvc queue logs <name>`"
-        log.error("error: %d of %d trials failed: %s (see %s)", len(failed), len(tune.results), ", ".join(failed), where)
+        log.error("error: %d of %d %s failed: %s (see %s)", len(failed), len(sweep.results), what, ", ".join(failed), where)
         return 1
     return 0
 
