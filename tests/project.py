@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -57,3 +58,14 @@ def set_params(project: Path, **values: object) -> None:
         node[last] = value
     with path.open("w") as f:
         yaml.dump(doc, f)
+
+
+def assert_no_workers_left(project: Path) -> None:
+    """DVC's queue workers in project all gone (they leave after 10 s idle)."""
+    status, deadline = "", time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = run(project, "dvc", "queue", "status").stdout
+        if "Worker status: 0 active, 0 idle" in status:
+            return
+        time.sleep(2)
+    raise AssertionError(f"queue workers left running:\n{status}")

@@ -33,3 +33,16 @@ def test_without_tensorflow_a_stage_says_which_extra_to_install(tmp_path: Path) 
         "error: TensorFlow is not installed: pip install -e '.[cpu]' (or '.[gpu]' on Linux with an NVIDIA GPU), "
         "or run `make install`, which picks one")
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_without_the_team_extras_team_up_says_how_to_install_them(tmp_path: Path) -> None:
+    # CI's `make test` venv has no team extras: `l2lab team up` there must say so, not raise
+    code = ("import sys; sys.modules['mirakuru'] = None; "
+            "from l2lab.cli import main; "
+            f"main(['team', 'up', '--dir', {str(tmp_path / '.team')!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "error: `l2lab team` needs the team extras (mirakuru is not installed): run make install-team")
+    assert not list(tmp_path.iterdir())  # no stack folder half-made

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from l2lab.tracking.store import EXPERIMENT
 from loopback import free_port, wait_http
-from project import clone_project, env, run, set_params
+from project import assert_no_workers_left, clone_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -265,16 +265,6 @@ def test_ctrl_c_of_a_sweep_stops_what_it_started(project: Path) -> None:
     status = run(project, "dvc", "queue", "status").stdout
     assert "Queued" not in status and "Running" not in status, status
     assert_no_workers_left(project)
-
-
-def assert_no_workers_left(project: Path) -> None:
-    status, deadline = "", time.monotonic() + 60
-    while time.monotonic() < deadline:  # DVC's workers leave after 10 s idle
-        status = run(project, "dvc", "queue", "status").stdout
-        if "Worker status: 0 active, 0 idle" in status:
-            return
-        time.sleep(2)
-    raise AssertionError(f"queue workers left running:\n{status}")
 
 
 @pytest.mark.fault

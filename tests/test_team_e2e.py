@@ -14,10 +14,12 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from l2lab.team import stack as team_stack
-from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
-from l2lab.tracking.store import EXPERIMENT
-from project import clone_project, env, run, set_params
+pytest.importorskip("mirakuru", reason="team extras not installed (make install-team)")
+
+from l2lab.team import stack as team_stack  # noqa: E402
+from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL  # noqa: E402
+from l2lab.tracking.store import EXPERIMENT  # noqa: E402
+from project import clone_project, env, run, set_params  # noqa: E402
 
 pytestmark = [pytest.mark.team, pytest.mark.e2e]
 GRID = {"train.l2": ["0", "0.001"], "train.optimizer": ["adam", "sgd"]}  # --l2 and --grid: 4 points

@@ -74,6 +74,7 @@ def test_storage_errors_name_the_url_without_its_password() -> None:
     assert message.startswith("cannot open the sweep storage postgresql+psycopg2://me:***@127.0.0.1:9/optuna")
     assert "s3cret" not in message
     assert queue.redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert queue.redact("/repo/optuna.journal") == "/repo/optuna.journal"  # a local tune's journal file, as it is
     with pytest.raises(L2labError, match="no team sweep 'nope'"):
         queue.sweeps(queue.open_storage("sqlite://"), "nope")
 

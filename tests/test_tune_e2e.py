@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,7 +17,7 @@ from optuna.trial import TrialState
 from l2lab.studies import PRUNED_TAG, STUDY_TAG, TRIAL_TAG
 from l2lab.tracking.runs import PARENT_TAG
 from l2lab.tracking.store import EXPERIMENT
-from project import clone_project, run, set_params
+from project import assert_no_workers_left, clone_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -128,3 +132,58 @@ def test_a_seeded_sampler_with_one_worker_gives_the_same_trials_twice(project: P
         studies.append([(t.params, t.value, t.state) for t in study_of(project, tune_id).get_trials()])
     assert studies[0] == studies[1] and len(studies[0]) == 3
     assert len({repr(params) for params, _, _ in studies[0]}) == 3  # three different draws, drawn again alike
+
+
+def test_a_study_name_that_exists_is_one_error_line_before_anything_starts(project: Path) -> None:
+    taken = "tune-20261202-120000-abc123"
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.create_study(study_name=taken, storage=JournalStorage(JournalFileBackend(str(project / "optuna.journal"))))
+    # The id's random part makes this a one-in-16-million draw in the same second: fix the draw to force it.
+    code = ("import l2lab.sweeps.tune as tune; "
+            f"tune.new_sweep_id = lambda kind: {taken!r}; "
+            "from l2lab.cli import main; "
+            "main(['tune', '--trials', '2', '--space', 'train.l2=log:1e-6:1e-1'])")
+    tuned = subprocess.run([sys.executable, "-c", code], cwd=project, env=env(), capture_output=True, text=True)
+    assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
+    lines = tuned.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        f"error: a study named {taken} already exists in {project / 'optuna.journal'}; run again"), tuned.stderr
+    assert not (project / "mlflow.db").exists()  # no parent run left behind
+    assert [s.study_name for s in study_of(project, taken)._storage.get_all_studies()] == [taken]
+    assert "No experiment tasks in the queue" in run(project, "dvc", "queue", "status").stdout
+
+
+@pytest.mark.fault
+def test_ctrl_c_of_a_tune_stops_its_trials_and_fails_them(project: Path) -> None:
+    proc = subprocess.Popen(["l2lab", "tune", "--trials", "4", "--jobs", "1", "--space", "train.l2=log:1e-6:1e-1",
+                             "-S", "train.epochs=200"], cwd=project, env=env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # until the first trial trains
+        experiment = (project / "mlflow.db").exists() and client.get_experiment_by_name(EXPERIMENT)
+        if experiment and client.search_runs([experiment.experiment_id], "tags.`l2lab.role` = 'point' and "
+                                             "attributes.status = 'RUNNING'"):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: " in stderr and "removed from the queue: " in stderr
+    tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", stderr).group(1)
+
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], f"tags.`l2lab.role` = 'sweep'")
+    children = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert parent.info.status == "KILLED"
+    assert sorted(r.info.status for r in children) == ["KILLED"] * 2  # the training one and the one queued behind
+    trials = study_of(project, tune_id).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # none left RUNNING for a sampler to wait on
+    assert sorted(t.user_attrs["mlflow_run_id"] for t in trials) == sorted(r.info.run_id for r in children)
+    status = run(project, "dvc", "queue", "status").stdout
+    assert "Queued" not in status and "Running" not in status, status
+    assert_no_workers_left(project)

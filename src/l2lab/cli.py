@@ -148,7 +148,10 @@ def worker_command(args: argparse.Namespace) -> int:
 
 
 def team_command(args: argparse.Namespace) -> int:
-    from l2lab.team import stack
+    try:
+        from l2lab.team import stack
+    except ModuleNotFoundError as exc:  # mirakuru, port-for: the team extras, not in a plain `make install`
+        raise L2labError(f"`l2lab team` needs the team extras ({exc.name} is not installed): run make install-team") from None
 
     if args.action == "down":
         stack.down(args.dir)

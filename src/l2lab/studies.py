@@ -46,9 +46,11 @@ def local_journal() -> Path:
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced, fit for logs and errors."""
+    """The URL with its password replaced, fit for logs and errors; a journal file's path as it is."""
     from sqlalchemy.engine import make_url
 
+    if "://" not in url:  # a path: open_storage's journal file, nothing secret in it
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a database URL at all: show its scheme only

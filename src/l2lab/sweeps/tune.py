@@ -148,14 +148,17 @@ def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jo
     epochs = tune_epochs(cwd, fixed)
     url = storage or str(local_journal())
     tune_id = new_sweep_id("tune")
+    studies = open_storage(url)
+    taken = L2labError(f"a study named {tune_id} already exists in {redact(url)}; run again")
+    if tune_id in optuna.get_all_study_names(studies):  # said before MLflow is touched: no parent run left behind
+        raise taken
     store = connect(cwd)
     end_stale_runs(store)
-    studies = open_storage(url)
     try:
         study = optuna.create_study(study_name=tune_id, storage=studies, sampler=make_sampler(sampler, seed),
                                     pruner=make_pruner(pruner, epochs), direction="maximize")
-    except DuplicatedStudyError:
-        raise L2labError(f"a study named {tune_id} already exists in {redact(url)}; run again") from None
+    except DuplicatedStudyError:  # made elsewhere since the check above
+        raise taken from None
     study.set_user_attr(PRUNER_ATTR, {"name": pruner, "epochs": epochs})
     study.set_user_attr(TUNE_ATTR, tune_id)
     distributions = {key: dim.distribution() for key, dim in space.items()}
