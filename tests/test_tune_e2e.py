@@ -25,11 +25,18 @@ EPOCHS = 3
 
 
 @pytest.fixture
-def project(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> Path:
+def bare(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> Path:
+    """The clone pointed at the test archive, its data not yet made: for tunes refused before they start."""
     repo = clone_project(tmp_path / "repo")
     set_params(repo, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
                data__val_size=50, train__epochs=EPOCHS)
     run(repo, "git", "commit", "-qam", "point at the test archive")
+    return repo
+
+
+@pytest.fixture
+def project(bare: Path) -> Path:
+    repo = bare
     run(repo, "dvc", "repro", "preprocess")  # the data first: four first points would race in DVC's run-cache
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "data")
@@ -112,7 +119,8 @@ BAD_SPACES = [
 ]
 
 
-def test_a_bad_space_is_one_error_line_before_anything_starts(project: Path) -> None:
+def test_a_bad_space_is_one_error_line_before_anything_starts(bare: Path) -> None:
+    project = bare
     for space, message in BAD_SPACES:
         tuned = run(project, "l2lab", "tune", "--trials", "2", "--space", space, check=False)
         assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
@@ -134,7 +142,8 @@ def test_a_seeded_sampler_with_one_worker_gives_the_same_trials_twice(project: P
     assert len({repr(params) for params, _, _ in studies[0]}) == 3  # three different draws, drawn again alike
 
 
-def test_a_study_name_that_exists_is_one_error_line_before_anything_starts(project: Path) -> None:
+def test_a_study_name_that_exists_is_one_error_line_before_anything_starts(bare: Path) -> None:
+    project = bare
     taken = "tune-20261202-120000-abc123"
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
