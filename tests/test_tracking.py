@@ -93,3 +93,24 @@ def test_a_broken_database_is_one_clear_error_and_left_untouched(tmp_path: Path,
     assert text.startswith(f"{db} is not a readable MLflow database (") and "\n" not in text
     assert f"mv {db} {db}.broken" in text
     assert db.read_bytes() == before
+
+
+def test_a_stop_signal_during_a_store_write_is_raised_once_the_write_is_done() -> None:
+    # Interrupted inside a SQLite transaction, a write keeps the lock (its connection held by the
+    # traceback), and ending the run KILLED then waits on it: the stop waits for the write instead.
+    import os
+    import signal
+
+    from l2lab import process
+    from l2lab.tracking.store import retrying
+
+    previous = signal.signal(signal.SIGTERM, process._on_stop_signal)
+    done = []
+    try:
+        with pytest.raises(process.Terminated):
+            retrying(lambda: (os.kill(os.getpid(), signal.SIGTERM), done.append("write"))[1])
+        assert done == ["write"]  # the write ran to its end before the stop surfaced
+        assert retrying(lambda: 7) == 7  # and later writes are not stopped again
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        process._stop.clear()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from l2lab.errors import L2labError
 
@@ -24,7 +25,33 @@ class Terminated(KeyboardInterrupt):
 
 def _on_stop_signal(signum: int, frame: object) -> None:
     request_stop(signum)
+    if _deferring:  # inside stops_deferred(): raised when the block ends
+        _held.append(signum)
+        return
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+_deferring: list[int] = []  # one entry per stops_deferred() block running
+_held: list[int] = []  # stop signals that arrived in such a block, not raised yet
+
+
+@contextmanager
+def stops_deferred() -> Iterator[None]:
+    """Hold a stop signal's exception until the block ends (the stop itself is noted at once).
+
+    For a write to the tracking database: interrupted mid-transaction, its SQLite connection
+    stays referenced by the traceback with the write lock held, and ending the run KILLED then
+    waits on that lock until it gives up. A block is one attempt (seconds), never a retry loop.
+    """
+    _deferring.append(1)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    if not _deferring and _held:
+        signum = _held[0]
+        _held.clear()
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run_stage(body: Callable[[], int | None]) -> None:

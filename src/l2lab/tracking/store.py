@@ -16,6 +16,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from l2lab.errors import L2labError, causes, first_line
+from l2lab.process import stops_deferred
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -218,7 +219,8 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, 
     """
     for attempt in range(attempts):
         try:
-            return call()
+            with stops_deferred():  # a stop lands between two writes, never inside one
+                return call()
         except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
             if not busy(exc):
                 raise
