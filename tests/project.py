@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,3 +70,26 @@ def assert_no_workers_left(project: Path) -> None:
             return
         time.sleep(2)
     raise AssertionError(f"queue workers left running:\n{status}")
+
+
+def ctrl_c_once_a_point_trains(project: Path, *args: str) -> tuple[int, str]:
+    """Start args in project (Ctrl-C not ignored), press Ctrl-C once one of its points' MLflow runs is
+    RUNNING (training), and return its exit status and stderr."""
+    from l2lab.tracking.store import connect
+
+    proc = subprocess.Popen(args, cwd=project, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    store, deadline = None, time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if store is None and (project / "mlflow.db").exists():
+            # Through l2lab's own first-use lock: a plain MlflowClient opening the database while the
+            # command still creates it runs MLflow's schema migration beside it, and one of them fails.
+            store = connect(project)
+        if store and store.client.search_runs([store.experiment_id], "tags.`l2lab.role` = 'point' and "
+                                              "attributes.status = 'RUNNING'"):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 import urllib.request
@@ -15,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from l2lab.tracking.store import EXPERIMENT
 from loopback import free_port, wait_http
-from project import assert_no_workers_left, clone_project, env, run, set_params
+from project import assert_no_workers_left, clone_project, ctrl_c_once_a_point_trains, env, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -243,19 +242,9 @@ def test_four_workers_on_two_cores_all_land_once_and_the_database_stays_readable
 
 @pytest.mark.fault
 def test_ctrl_c_of_a_sweep_stops_what_it_started(project: Path) -> None:
-    proc = subprocess.Popen(["l2lab", "sweep", "--l2", "0,0.001,0.01", "--jobs", "1", "-S", "train.epochs=200"],
-                            cwd=project, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until the first point trains
-        if (project / "mlflow.db").exists() and any(r.info.status == "RUNNING" and r.data.tags.get("l2lab.role") == "point"
-                                                    for r in runs(project)):
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(1)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr
+    status, stderr = ctrl_c_once_a_point_trains(project, "l2lab", "sweep", "--l2", "0,0.001,0.01", "--jobs", "1",
+                                                "-S", "train.epochs=200")
+    assert status == 130, stderr
     assert "interrupted: " in stderr and "removed from the queue: " in stderr
 
     (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]

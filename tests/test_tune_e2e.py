@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,7 +15,7 @@ from optuna.trial import TrialState
 from l2lab.studies import PRUNED_TAG, STUDY_TAG, TRIAL_TAG
 from l2lab.tracking.runs import PARENT_TAG
 from l2lab.tracking.store import EXPERIMENT
-from project import assert_no_workers_left, clone_project, env, run, set_params
+from project import assert_no_workers_left, clone_project, ctrl_c_once_a_point_trains, env, run, set_params
 
 pytestmark = pytest.mark.e2e
 
@@ -166,27 +164,15 @@ def test_a_study_name_that_exists_is_one_error_line_before_anything_starts(bare:
 
 @pytest.mark.fault
 def test_ctrl_c_of_a_tune_stops_its_trials_and_fails_them(project: Path) -> None:
-    proc = subprocess.Popen(["l2lab", "tune", "--trials", "4", "--jobs", "1", "--space", "train.l2=log:1e-6:1e-1",
-                             "-S", "train.epochs=200"], cwd=project, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # until the first trial trains
-        experiment = (project / "mlflow.db").exists() and client.get_experiment_by_name(EXPERIMENT)
-        if experiment and client.search_runs([experiment.experiment_id], "tags.`l2lab.role` = 'point' and "
-                                             "attributes.status = 'RUNNING'"):
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(1)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr
+    status, stderr = ctrl_c_once_a_point_trains(project, "l2lab", "tune", "--trials", "4", "--jobs", "1",
+                                                "--space", "train.l2=log:1e-6:1e-1", "-S", "train.epochs=200")
+    assert status == 130, stderr
     assert "interrupted: " in stderr and "removed from the queue: " in stderr
     tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", stderr).group(1)
 
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    (parent,) = client.search_runs([experiment], f"tags.`l2lab.role` = 'sweep'")
+    (parent,) = client.search_runs([experiment], "tags.`l2lab.role` = 'sweep'")
     children = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     assert parent.info.status == "KILLED"
     assert sorted(r.info.status for r in children) == ["KILLED"] * 2  # the training one and the one queued behind

@@ -66,5 +66,5 @@ def write_confusion_pairs(path: Path, y_true: Sequence[int], y_pred: Sequence[in
     """One (actual, predicted) row per test image: the input of DVC's confusion template."""
     import numpy as np
 
-    names = np.asarray(classes, dtype=object)  # indexed by whole arrays: a Python loop over 10,000 images took 0.2 s
+    names = np.asarray(classes, dtype=object)  # indexed by whole arrays, not a Python loop per image
     write_rows(path, ["actual", "predicted"], np.stack([names[np.asarray(y_true)], names[np.asarray(y_pred)]], 1).tolist())

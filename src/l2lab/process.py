@@ -28,7 +28,11 @@ def _on_stop_signal(signum: int, frame: object) -> None:
     if _deferring:  # inside stops_deferred(): raised when the block ends
         _held.append(signum)
         return
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise _stop_exception(signum)
+
+
+def _stop_exception(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 _deferring: list[int] = []  # one entry per stops_deferred() block running
@@ -46,12 +50,16 @@ def stops_deferred() -> Iterator[None]:
     _deferring.append(1)
     try:
         yield
+    except BaseException:
+        if len(_deferring) == 1:  # the block's own error surfaces; the stop stays noted (stop_requested)
+            _held.clear()
+        raise
     finally:
         _deferring.pop()
     if not _deferring and _held:
         signum = _held[0]
         _held.clear()
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise _stop_exception(signum)
 
 
 def run_stage(body: Callable[[], int | None]) -> None:

@@ -103,7 +103,7 @@ def live_workers(cwd: Path) -> int:
     """How many of the repo's DVC queue workers (`dvc exp queue-worker`, started in its root) are alive.
 
     Read from the process table: DVC's own count (`queue.worker_status()`, Celery's inspect
-    broadcast) waits out a 1-2 s timeout on every call, and each poll of a sweep paid it.
+    broadcast) waits out Celery's reply timeout on every call, and a sweep reads it at each poll.
     """
     import psutil
 
