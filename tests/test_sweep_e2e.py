@@ -286,6 +286,23 @@ def test_a_point_equal_to_the_committed_lock_trains_as_its_own_run(project: Path
     assert "DVC found it equal to the workspace's dvc.lock" in swept.stderr and "2/2 done (0 failed)" in swept.stderr
 
 
+@pytest.mark.fault
+def test_a_sweep_started_while_an_earlier_worker_idles_runs_with_its_own_environment(project: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A DVC worker waits 10 s for work once the queue is empty, and `dvc queue start` starts none while
+    one of its name lives: a sweep started in those 10 s ran its points in the earlier worker, with that
+    sweep's environment. Here the earlier worker has another MLFLOW_TRACKING_URI: the point trained and
+    logged there, its own run never took up, and it failed after a re-run in the same worker."""
+    elsewhere = tmp_path / "elsewhere.db"
+    subprocess.run(["dvc", "queue", "start"], cwd=project, env=env(MLFLOW_TRACKING_URI=f"sqlite:///{elsewhere}"),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    swept = run(project, "l2lab", "sweep", "--l2", "0.001", "--jobs", "1")
+    assert "1/1 done (0 failed)" in swept.stderr
+    (point,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "point"]
+    assert point.info.status == "FINISHED" and "test_accuracy" in point.data.metrics
+    assert not elsewhere.exists()  # nothing of the sweep went to the earlier worker's store
+
+
 def test_a_queued_point_restores_preprocess_instead_of_running_it(project: Path) -> None:
     """The data summary was a `cache: false` output: a queued experiment gets only what git tracks, so
     with it (or dvc.lock) not committed every point ran preprocess again. Cached, the run-cache restores

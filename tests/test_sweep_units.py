@@ -11,7 +11,7 @@ import pytest
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError
 from l2lab.sweeps.report import choose_champion, markdown, plot_axis, sweep_table
-from l2lab.sweeps.dvcqueue import queue_state
+from l2lab.sweeps.dvcqueue import fresh_workers, live_workers, queue_state
 from l2lab.sweeps.follow import AGAIN, POLL_SECONDS, SETTLE_SECONDS, STALLED_POLLS, wait
 from l2lab.sweeps.grid import grid, parse_sets, parse_values, validate
 
@@ -153,6 +153,26 @@ def test_queue_state_reads_dvc_through_its_python_api(tmp_path: Path) -> None:
     run_command(tmp_path, "git", "init", "-q")
     run_command(tmp_path, "dvc", "init", "-q")
     assert queue_state(tmp_path) == ({}, 0)
+
+
+def test_fresh_workers_stops_an_idle_worker_and_leaves_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A real DVC queue worker, idle (nothing queued): a sweep starting now must not inherit it."""
+    import subprocess
+
+    from project import env, run as run_command
+
+    run_command(tmp_path, "git", "init", "-q")
+    run_command(tmp_path, "dvc", "init", "-q")
+    run_command(tmp_path, "git", "commit", "-qm", "dvc")
+    subprocess.run(["dvc", "queue", "start"], cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    assert live_workers(tmp_path) == 1  # it waits 10 s for a first task before it leaves
+    with caplog.at_level("INFO", logger="l2lab.sweeps.dvcqueue"):
+        fresh_workers(tmp_path)
+    assert live_workers(tmp_path) == 0
+    assert "stopped 1 idle DVC queue worker(s) left by an earlier sweep" in caplog.text
+    fresh_workers(tmp_path)  # none left: nothing to stop, nothing said
+    assert caplog.text.count("stopped") == 1
 
 
 def test_plot_axis_is_the_recorded_penalty_not_the_seeds() -> None:

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 from l2lab.commands import RETRAIN, checked, dvc, dvc_command, git, set_args
 from l2lab.errors import L2labError, first_line
@@ -74,14 +75,31 @@ def workspace_state(cwd: Path) -> str:
 
 
 def start_workers(jobs: int, cwd: Path) -> None:
-    """`dvc queue start -j N`. The workers it forks outlive it and keep inherited pipes open,
-    so its output goes to a file, not a pipe, or this call would wait for the whole queue."""
+    """`dvc queue start -j N`, waited for."""
+    with workers_starting(jobs, cwd):
+        pass
+
+
+@contextlib.contextmanager
+def workers_starting(jobs: int, cwd: Path) -> Iterator[None]:
+    """`dvc queue start -j N` running while the block runs: its workers start (1.5-2 s of DVC's imports)
+    while a sweep reserves and queues its first points. A worker waits 10 s for a first task; if the
+    block took longer and they left, they are started again after it.
+
+    The workers it forks outlive it and keep inherited pipes open, so its output goes to a file,
+    not a pipe, or waiting for it would wait for the whole queue."""
     with tempfile.TemporaryFile("w+") as out:
-        status = subprocess.call([dvc_command(), "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=out, stderr=out)
+        proc = subprocess.Popen([dvc_command(), "queue", "start", "-j", str(jobs)], cwd=cwd, stdout=out, stderr=out)
+        try:
+            yield
+        finally:
+            status = proc.wait()
         if status != 0:
             out.seek(0)
             lines = out.read().strip().splitlines() or ["no output"]
             raise L2labError(f"dvc queue start -j {jobs} failed: {lines[-1]}")
+    if live_workers(cwd) == 0:
+        start_workers(jobs, cwd)
 
 
 def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
@@ -100,7 +118,12 @@ def queue_state(cwd: Path) -> tuple[dict[str, str], int]:
 
 
 def live_workers(cwd: Path) -> int:
-    """How many of the repo's DVC queue workers (`dvc exp queue-worker`, started in its root) are alive.
+    """How many of the repo's DVC queue workers are alive (worker_processes)."""
+    return len(worker_processes(cwd))
+
+
+def worker_processes(cwd: Path) -> list:
+    """The repo's live DVC queue workers (`dvc exp queue-worker`, started in its root), as psutil processes.
 
     Read from the process table: DVC's own count (`queue.worker_status()`, Celery's inspect
     broadcast) waits out Celery's reply timeout on every call, and a sweep reads it at each poll.
@@ -108,13 +131,44 @@ def live_workers(cwd: Path) -> int:
     import psutil
 
     root = os.path.realpath(cwd)
-    alive = 0
+    found = []
     for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
         cmdline, where = proc.info["cmdline"] or [], proc.info["cwd"]
         if ("queue-worker" in cmdline and "exp" in cmdline and where and os.path.realpath(where) == root
                 and proc.info["status"] != psutil.STATUS_ZOMBIE):
-            alive += 1
-    return alive
+            found.append(proc)
+    return found
+
+
+def fresh_workers(cwd: Path, grace: float = 30.0) -> None:
+    """Before a sweep queues its first point: stop the queue workers an earlier sweep left idle, and clear
+    the control messages left for workers that are gone (clear_stale_controls).
+
+    A worker waits 10 s for work after the queue empties, and `dvc queue start` starts none
+    while one of that name lives: a sweep started within those 10 s would run its points in the
+    earlier sweep's worker, with that sweep's environment (its MLFLOW_TRACKING_URI, its warm
+    stage server, gone since, so every stage imported for itself). Workers that have points
+    queued or running are another sweep's, still going in this repo: left alone, with a warning.
+    """
+    import psutil
+
+    workers = worker_processes(cwd)
+    if workers:
+        busy = [name for name, state in queue_state(cwd)[0].items() if state in ("Queued", "Running")]
+        if busy:
+            log.warning("this repo's DVC queue is still running %d experiment(s) of another sweep (%s): this "
+                        "sweep's points wait behind them, in its worker(s)", len(busy), ", ".join(busy[:3]))
+            return
+        for proc in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()  # idle: nothing queued or running, so no experiment is cut short
+        _, alive = psutil.wait_procs(workers, timeout=grace)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        log.info("stopped %d idle DVC queue worker(s) left by an earlier sweep (they hold its environment)",
+                 len(workers))
+    clear_stale_controls(cwd)
 
 
 def stop_points(names: list[str], cwd: Path, grace: float = 120.0) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, retrain, start_workers,
-                                   stop_points, worker_count, workspace_state)
+from l2lab.sweeps.dvcqueue import (fresh_workers, queue_points, queue_state, retrain, stop_points, worker_count,
+                                   workers_starting, workspace_state)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Point, Sweep, plan
 from l2lab.tracking.owners import end_stale_runs
@@ -28,13 +28,13 @@ def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd:
     jobs = worker_count(jobs, len(points))
     store = connect(cwd)
     end_stale_runs(store)
-    # The warm server imports TensorFlow and MLflow while the points are queued; stages wait for it.
+    fresh_workers(cwd)  # none left idle by an earlier sweep, holding its environment
+    # The warm server imports TensorFlow and MLflow, and the workers DVC, while the points are queued;
+    # stages wait for the server.
     with warm_server(cwd), sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
-        runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name, point.sets) for point in points}
-        queue_points(points, cwd)
-        if queue_state(cwd)[1] == 0:
-            clear_stale_controls(cwd)
-        start_workers(jobs, cwd)
+        with workers_starting(jobs, cwd):
+            runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name, point.sets) for point in points}
+            queue_points(points, cwd)
         log.info("sweep %s: %d experiments on %d worker(s); MLflow parent run %s",
                  sweep_id, len(points), jobs, parent.run_id)
 

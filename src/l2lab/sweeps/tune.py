@@ -24,8 +24,8 @@ from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
 from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TUNE_ATTR,
                            local_journal, make_pruner, make_sampler, open_storage, redact, trial_tags)
-from l2lab.sweeps.dvcqueue import (clear_stale_controls, queue_points, queue_state, start_workers, stop_points,
-                                   worker_count)
+from l2lab.sweeps.dvcqueue import (fresh_workers, queue_points, queue_state, start_workers, stop_points,
+                                   worker_count, workers_starting)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Point, Sweep, new_sweep_id, override, trial_name, value_text
 from l2lab.sweeps.local import Settler
@@ -168,6 +168,7 @@ def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jo
     settings = {"trials": str(trials), "sampler": sampler, "pruner": pruner, "seed": str(seed), "jobs": str(jobs)}
     from l2lab.warm_server import warm_server
 
+    fresh_workers(cwd)  # none left idle by an earlier sweep: they would not see this tune's study
     with warm_server(cwd), sweep_parent(store, tune_id, axes, fixed, tune=settings) as parent:
         store.write(lambda: store.client.set_tag(parent.run_id, STUDY_TAG, tune_id))
         points: list[Point] = []
@@ -212,11 +213,9 @@ def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jo
             done_epochs, val = point_progress(store, runs[name])
             return Progress(done_epochs, epochs, val)
 
-        for _ in range(min(jobs + 1, trials)):
-            launch()
-        if queue_state(cwd)[1] == 0:
-            clear_stale_controls(cwd)
-        start_workers(jobs, cwd)
+        with workers_starting(jobs, cwd):  # they start while the first trials are asked and queued
+            for _ in range(min(jobs + 1, trials)):
+                launch()
         log.info("tune %s: %d trials, %d at once (sampler %s, pruner %s, seed %s); study in %s; MLflow parent run %s",
                  tune_id, trials, jobs, sampler, pruner, seed, redact(url), parent.run_id)
         try:
