@@ -3,21 +3,25 @@ the training's MLflow run."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from l2lab.data import load_split
-from l2lab.files import write_confusion_pairs, write_json, write_rows
-from l2lab.imports import pyplot, quiet_tensorflow
-from l2lab.params import flatten
-from l2lab.process import run_stage
 from l2lab.warm import hand_over
+
+if __name__ == "__main__":  # DVC ran the stage: a sweep's warm server runs it instead, when there is one
+    hand_over("l2lab.stages.evaluate")  # (l2lab.warm), before the imports below (numpy, pydantic: 0.25 s)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from l2lab.data import load_split  # noqa: E402
+from l2lab.files import write_confusion_pairs, write_json, write_rows  # noqa: E402
+from l2lab.imports import pyplot, quiet_tensorflow  # noqa: E402
+from l2lab.params import flatten  # noqa: E402
+from l2lab.process import run_stage  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,6 @@ def confusion_figure(confusion: np.ndarray, classes: list[str]) -> Any:
 
 
 def main() -> None:
-    hand_over("l2lab.stages.evaluate")  # a sweep's warm server runs it, when there is one (l2lab.warm)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with {train,val,test}.npz")
     parser.add_argument("--data-summary", type=Path, required=True)

@@ -3,18 +3,22 @@ the model, and record it all in MLflow."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-from dataclasses import dataclass
-from pathlib import Path
-
-from l2lab.data import load_split
-from l2lab.files import atomic_outputs, file_sha256, write_history
-from l2lab.imports import quiet_tensorflow
-from l2lab.params import Params, load_params
-from l2lab.process import run_stage
 from l2lab.warm import hand_over
+
+if __name__ == "__main__":  # DVC ran the stage: a sweep's warm server runs it instead, when there is one
+    hand_over("l2lab.stages.train")  # (l2lab.warm), before the imports below (numpy, pydantic: 0.25 s)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from l2lab.data import load_split  # noqa: E402
+from l2lab.files import atomic_outputs, file_sha256, write_history  # noqa: E402
+from l2lab.imports import quiet_tensorflow  # noqa: E402
+from l2lab.params import Params, load_params  # noqa: E402
+from l2lab.process import run_stage  # noqa: E402
 
 log = logging.getLogger(__name__)
 DEVICE_TAG = "l2lab.device"  # where the run trained: "CPU" or "GPU:0 (<name>)"
@@ -70,7 +74,6 @@ def train(params: Params, paths: TrainPaths) -> str:
 
 
 def main() -> None:
-    hand_over("l2lab.stages.train")  # a sweep's warm server runs it, when there is one (l2lab.warm)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with train.npz and val.npz")
