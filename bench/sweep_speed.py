@@ -6,6 +6,7 @@ test: it asserts no timing.
 
     python bench/sweep_speed.py [--archive cifar-10-python.tar.gz] [--train-size 5000] [--epochs 5]
                                 [--l2 0,1e-4,1e-3,1e-2] [--pairs 1] [--max-isa avx2]
+                                [--legs jobs1,jobs1_cold,jobs2,plain] [--checkout PATH]
                                 [--out reports/sweep_bench.json]
 
 Without --archive it generates a small CIFAR-format archive (synthetic shapes) so that it runs
@@ -14,6 +15,9 @@ runs `dvc repro preprocess` and commits `dvc.lock` first, as a team does, so no 
 preprocess; a point that still does is counted.
 
 `--max-isa avx2` runs every leg with the kernels of a CPU without AVX-512 (as bench/train_speed.py).
+`--checkout PATH` measures another checkout of l2lab (an earlier commit's worktree, for a before/after):
+every leg runs the clone's own code, the sweep's orchestration included (its src first on PYTHONPATH;
+a PYTHONPATH given to the benchmark follows it).
 
 Writes JSON with the wall times, `sweep_vs_plain` (the `--jobs 1` wall over the plain reference's),
 `cold_vs_warm` (the warm-stages-off `--jobs 1` wall over the `--jobs 1` wall),
@@ -46,6 +50,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from train_speed import ISA_CAPS, isa_flags  # noqa: E402
 
+LEGS = ("jobs1", "jobs1_cold", "jobs2", "plain")  # --jobs 1, the same with warm stages off, --jobs 2, plain fit()s
+
 PLAIN = r"""
 import json, sys, time
 from pathlib import Path
@@ -73,14 +79,14 @@ def sh(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.C
     return proc
 
 
-def clone(dest: Path) -> Path:
+def clone(dest: Path, checkout: Path) -> Path:
     """The checkout's tracked and untracked-but-not-ignored files, as a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=checkout, capture_output=True,
                             check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
-        if (REPO / name).is_file():
+        if (checkout / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
+            shutil.copy2(checkout / name, dest / name)
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "bench copy"]):
         sh(dest, "git", *args, env=git_env())
     return dest
@@ -94,11 +100,11 @@ def git_env() -> dict[str, str]:
                            "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def prepare(work: Path, archive: Path, train_size: int | None, val_size: int) -> Path:
+def prepare(work: Path, archive: Path, train_size: int | None, val_size: int, checkout: Path = REPO) -> Path:
     """The clone, pointed at the archive, with preprocess run and dvc.lock committed."""
     from ruamel.yaml import YAML
 
-    project = clone(work / "repo")
+    project = clone(work / "repo", checkout)
     yaml = YAML()
     doc = yaml.load(project / "params.yaml")
     doc["data"]["url"] = archive.resolve().as_uri()
@@ -113,10 +119,17 @@ def prepare(work: Path, archive: Path, train_size: int | None, val_size: int) ->
     return project
 
 
+def own_code(project: Path) -> dict[str, str]:
+    """The environment under which `l2lab` runs the clone's code, not the installed checkout's (its src
+    first on the path; a PYTHONPATH given to the benchmark comes after it)."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(project / "src"), os.environ.get("PYTHONPATH")]))}
+
+
 def sweep_leg(project: Path, l2: str, epochs: int, jobs: int, warm: bool = True) -> dict:
     started = time.monotonic()
+    env = git_env() | own_code(project) | ({} if warm else {"L2LAB_WARM": "0"})
     proc = subprocess.run(["l2lab", "sweep", "--l2", l2, "--jobs", str(jobs), "-S", f"train.epochs={epochs}"],
-                          cwd=project, capture_output=True, text=True, env=git_env() | ({} if warm else {"L2LAB_WARM": "0"}))
+                          cwd=project, capture_output=True, text=True, env=env)
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"l2lab sweep --jobs {jobs} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -165,7 +178,7 @@ def plain_leg(project: Path, l2_values: list[str], epochs: int) -> dict:
     results = []
     for l2 in l2_values:
         proc = subprocess.run([sys.executable, "-c", PLAIN, str(project / "params.yaml"), str(project / "data" / "processed"),
-                               l2, str(epochs)], capture_output=True, text=True, env={**git_env(), "PYTHONPATH": str(project / "src")})
+                               l2, str(epochs)], capture_output=True, text=True, env=git_env() | own_code(project))
         if proc.returncode != 0:
             raise SystemExit(f"plain fit exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -179,10 +192,15 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--l2", default="0,1e-4,1e-3,1e-2")
-    parser.add_argument("--pairs", type=int, default=1, help="interleaved rounds of the three legs")
+    parser.add_argument("--pairs", type=int, default=1, help="interleaved rounds of the legs")
     parser.add_argument("--max-isa", choices=sorted(ISA_CAPS), help="cap the kernels' ISA for every leg")
+    parser.add_argument("--legs", default=",".join(LEGS), help=f"which legs to run, of {','.join(LEGS)}")
+    parser.add_argument("--checkout", type=Path, default=REPO, help="the l2lab checkout to measure (default: this one)")
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "sweep_bench.json")
     args = parser.parse_args()
+    legs = args.legs.split(",")
+    if "jobs1" not in legs or set(legs) - set(LEGS):
+        parser.error(f"--legs: jobs1 and any of {', '.join(LEGS[1:])}")
     if args.max_isa:
         os.environ.update(ISA_CAPS[args.max_isa])  # every leg's processes inherit it
     l2_values = args.l2.split(",")
@@ -194,23 +212,25 @@ def main() -> None:
 
             archive = write_cifar_archive(work / "cifar-10-python.tar.gz", per_batch=400, test_size=1000, seed=1)
             args.train_size, args.val_size = min(args.train_size, 1500), min(args.val_size, 500)
-        project = prepare(work, archive, args.train_size, args.val_size)
+        project = prepare(work, archive, args.train_size, args.val_size, args.checkout.resolve())
         rounds = []
         for pair in range(args.pairs):
-            one_started = time.time()
-            one = sweep_leg(project, args.l2, args.epochs, jobs=1)
-            one["points"] = phases(project, one["sweep_id"], one_started)
-            cold_started = time.time()
-            cold = sweep_leg(project, args.l2, args.epochs, jobs=1, warm=False)
-            cold["points"] = phases(project, cold["sweep_id"], cold_started)
-            two = sweep_leg(project, args.l2, args.epochs, jobs=2)
-            plain = plain_leg(project, l2_values, args.epochs)
-            rounds.append({"jobs1": one, "jobs1_cold": cold, "jobs2": two, "plain": plain})
-            print(f"round {pair + 1}: --jobs 1 {one['wall_s']:.0f} s, cold {cold['wall_s']:.0f} s, "
-                  f"--jobs 2 {two['wall_s']:.0f} s, plain {plain['wall_s']:.0f} s", flush=True)
+            one_round = {}
+            for leg in legs:
+                started = time.time()
+                if leg == "plain":
+                    one_round[leg] = plain_leg(project, l2_values, args.epochs)
+                    continue
+                result = sweep_leg(project, args.l2, args.epochs, jobs=2 if leg == "jobs2" else 1,
+                                   warm=leg != "jobs1_cold")
+                if leg != "jobs2":
+                    result["points"] = phases(project, result["sweep_id"], started)
+                one_round[leg] = result
+            rounds.append(one_round)
+            print(f"round {pair + 1}: " + ", ".join(f"{leg} {one_round[leg]['wall_s']:.0f} s" for leg in legs), flush=True)
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    legs = ("jobs1", "jobs1_cold", "jobs2", "plain")
-    jobs1, cold, jobs2, plain = (median([r[leg]["wall_s"] for r in rounds]) for leg in legs)
+    jobs1, cold, jobs2, plain = (median([r[leg]["wall_s"] for r in rounds]) if leg in legs else None for leg in LEGS)
+    ratio = lambda a, b: a / b if a is not None and b is not None else None  # noqa: E731
     phase_names = ("before_training", "training", "after_training", "evaluation")
 
     def share_and_phases(leg: str) -> tuple[float, dict[str, float]]:
@@ -220,24 +240,26 @@ def main() -> None:
                 {phase: sum(p[phase] for p in points) / len(points) for phase in phase_names})
 
     share, by_phase = share_and_phases("jobs1")
-    cold_share, cold_phases = share_and_phases("jobs1_cold")
+    cold_share, cold_phases = share_and_phases("jobs1_cold") if "jobs1_cold" in legs else (None, None)
     report = {
-        "sweep_vs_plain": jobs1 / plain, "jobs2_speedup": jobs1 / jobs2, "training_share": share,
-        "cold_vs_warm": cold / jobs1, "cold_sweep_vs_plain": cold / plain, "cold_training_share": cold_share,
+        "sweep_vs_plain": ratio(jobs1, plain), "jobs2_speedup": ratio(jobs1, jobs2), "training_share": share,
+        "cold_vs_warm": ratio(cold, jobs1), "cold_sweep_vs_plain": ratio(cold, plain), "cold_training_share": cold_share,
         "wall_s": {"jobs1": jobs1, "jobs1_cold": cold, "jobs2": jobs2, "plain": plain},
         "per_point_s_by_phase": by_phase, "cold_per_point_s_by_phase": cold_phases,
-        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in ("jobs1", "jobs1_cold", "jobs2")),
+        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in legs if leg != "plain"),
         "grid": {"l2": l2_values, "epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size,
-                 "archive": str(args.archive) if args.archive else "generated (synthetic shapes)"},
+                 "archive": str(args.archive) if args.archive else "generated (synthetic shapes)",
+                 "checkout": str(args.checkout.resolve()), "legs": legs},
         "machine": {"isa_flags": isa_flags(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "kernel_isa_cap": args.max_isa},
         "rounds": rounds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"sweep_vs_plain {report['sweep_vs_plain']:.2f} (cold {report['cold_sweep_vs_plain']:.2f}), cold_vs_warm "
-          f"{report['cold_vs_warm']:.2f}, jobs2_speedup {report['jobs2_speedup']:.2f}, training_share "
-          f"{report['training_share']:.2f} (cold {report['cold_training_share']:.2f}); per point: "
+    shown = lambda key: "-" if report[key] is None else f"{report[key]:.2f}"  # noqa: E731
+    print(f"sweep_vs_plain {shown('sweep_vs_plain')} (cold {shown('cold_sweep_vs_plain')}), cold_vs_warm "
+          f"{shown('cold_vs_warm')}, jobs2_speedup {shown('jobs2_speedup')}, training_share "
+          f"{shown('training_share')} (cold {shown('cold_training_share')}); per point: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in by_phase.items()) + f"; written to {args.out}")
 
 
