@@ -78,7 +78,10 @@ def test_signals_reach_the_stage_and_a_killed_stage_takes_its_child(project: Pat
     with warm_server(project) as path:
         server = server_process(path)
         for how, expected in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)):
-            stage = subprocess.Popen(TRAIN, cwd=project, env=env(PYTHONPATH="src"), stderr=subprocess.PIPE, text=True)
+            # Ctrl-C as a terminal's foreground job gets it: under a shell's background job (CI started with
+            # `&`) SIGINT comes ignored, and the stage rightly keeps ignoring it.
+            stage = subprocess.Popen(TRAIN, cwd=project, env=env(PYTHONPATH="src"), stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             seen = ""
             for line in stage.stderr:
                 seen += line
