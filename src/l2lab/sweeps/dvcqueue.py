@@ -59,7 +59,7 @@ def retrain(point: Point, cwd: Path) -> None:
                 "training; queued again with training forced (dvc exp run %s)", point.name, " ".join(RETRAIN))
     dvc("queue", "remove", point.name, cwd=cwd)  # the empty first try's queue entry; --force replaces its experiment
     dvc("exp", "run", "--queue", *RETRAIN, "-n", point.name, *set_args(point.sets), cwd=cwd)
-    if queue_state(cwd)[1] == 0:  # the workers left: the queue was empty for 10 s
+    if live_workers(cwd) == 0:  # the workers left: the queue was empty for 10 s
         start_workers(1, cwd)
 
 
@@ -74,17 +74,30 @@ def workspace_state(cwd: Path) -> str:
     return digest.hexdigest()
 
 
+WORKER_IDLE_SECONDS = 10.0  # a DVC queue worker with nothing to do leaves after this (dvc-task's TemporaryWorker)
+
+
 def start_workers(jobs: int, cwd: Path) -> None:
     """`dvc queue start -j N`, waited for."""
-    with workers_starting(jobs, cwd):
+    with _queue_start(jobs, cwd):
         pass
 
 
 @contextlib.contextmanager
 def workers_starting(jobs: int, cwd: Path) -> Iterator[None]:
     """`dvc queue start -j N` running while the block runs: its workers start (1.5-2 s of DVC's imports)
-    while a sweep reserves and queues its first points. A worker waits 10 s for a first task; if the
-    block took longer and they left, they are started again after it.
+    while a sweep reserves and queues its first points. A worker waits WORKER_IDLE_SECONDS for a first
+    task: if the block took that long and they left, they are started once more after it."""
+    started = time.monotonic()
+    with _queue_start(jobs, cwd):
+        yield
+    if time.monotonic() - started >= WORKER_IDLE_SECONDS and live_workers(cwd) == 0:
+        start_workers(jobs, cwd)
+
+
+@contextlib.contextmanager
+def _queue_start(jobs: int, cwd: Path) -> Iterator[None]:
+    """`dvc queue start -j N` while the block runs, waited for after it; its failure is one L2labError.
 
     The workers it forks outlive it and keep inherited pipes open, so its output goes to a file,
     not a pipe, or waiting for it would wait for the whole queue."""
@@ -98,8 +111,6 @@ def workers_starting(jobs: int, cwd: Path) -> Iterator[None]:
             out.seek(0)
             lines = out.read().strip().splitlines() or ["no output"]
             raise L2labError(f"dvc queue start -j {jobs} failed: {lines[-1]}")
-    if live_workers(cwd) == 0:
-        start_workers(jobs, cwd)
 
 
 def queue_state(cwd: Path) -> tuple[dict[str, str], int]:

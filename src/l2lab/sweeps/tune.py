@@ -24,8 +24,8 @@ from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
 from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TUNE_ATTR,
                            local_journal, make_pruner, make_sampler, open_storage, redact, trial_tags)
-from l2lab.sweeps.dvcqueue import (fresh_workers, queue_points, queue_state, start_workers, stop_points,
-                                   worker_count, workers_starting)
+from l2lab.sweeps.dvcqueue import (fresh_workers, live_workers, queue_points, queue_state, start_workers,
+                                   stop_points, worker_count, workers_starting)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Point, Sweep, new_sweep_id, override, trial_name, value_text
 from l2lab.sweeps.local import Settler
@@ -204,7 +204,7 @@ def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jo
                     trial._trial_id).value, "" if final == "Success" else f" (its experiment then ended {final})")
             if len(points) < trials:
                 launch()
-                live = queue_state(cwd)[1]
+                live = live_workers(cwd)
                 if live < jobs:  # a worker leaves after 10 s with an empty queue
                     start_workers(jobs, cwd)
             return final
