@@ -92,3 +92,22 @@ def test_cosine_schedule_decays_to_zero_over_the_run_after_its_warmup() -> None:
     warm = learning_rate(TrainParams(**{**TRAIN, "epochs": 4, "schedule": "cosine", "warmup_epochs": 1}), 100)
     assert [float(warm(step)) for step in (0, 50, 100, 250, 400)] == pytest.approx([0.0, 0.0005, 0.001, 0.0005, 0.0],
                                                                                  abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [2100, 1024, 7])  # full batches and a last short one; one batch; one short batch
+def test_scores_forward_gives_model_predicts_numbers_bit_for_bit(n: int) -> None:
+    from l2lab.model import compile_model
+    from l2lab.scores import PREDICT_BATCH, forward
+
+    train = TrainParams(**TRAIN)
+    model = compile_model(train, model=build_model(train))
+    rng = np.random.default_rng(n)
+    for layer in model.layers:  # weights away from their initial values, as after training
+        layer.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in layer.get_weights()])
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    run = forward(model)
+    expected = model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+    for _ in range(2):  # and the same again: one trace serves every call
+        got = run(x)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert np.array_equal(run(x[:5]), model.predict(x[:5], batch_size=PREDICT_BATCH, verbose=0))
