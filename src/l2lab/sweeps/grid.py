@@ -162,8 +162,10 @@ def override(base: dict, sets: dict[str, str]) -> dict:
     return raw
 
 
-def plan(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path,
-         versus_adamw: bool) -> tuple[str, list[Point], dict[str, int]]:
+Planned = tuple[str, list[Point], dict[str, int]]  # a sweep's id, its points, each point's epochs
+
+
+def plan(axes: dict[str, list[str]], fixed: dict[str, str], cwd: Path, versus_adamw: bool) -> Planned:
     """A new sweep's id, its points, and each point's epochs, every point's params validated first."""
     sweep_id = new_sweep_id()
     points = grid(sweep_id, axes, fixed, versus_adamw)

@@ -8,30 +8,30 @@ from pathlib import Path
 from l2lab.sweeps.dvcqueue import (fresh_workers, queue_points, queue_state, retrain, stop_points, worker_count,
                                    workers_starting, workspace_state)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
-from l2lab.sweeps.grid import Point, Sweep, plan
+from l2lab.sweeps.grid import Planned, Point, Sweep
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.store import connect
 from l2lab.tracking.sweeps import end_incomplete, end_unstarted, never_trained, point_progress, points_live, reserve, sweep_parent
-from l2lab.warm_server import warm_server
 
 log = logging.getLogger(__name__)
 
 
-def run_sweep(axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path,
+def run_sweep(planned: Planned, axes: dict[str, list[str]], fixed: dict[str, str], jobs: int, cwd: Path,
               versus_adamw: bool = False) -> Sweep:
-    """Queue and run the grid; return the sweep with each point's Success/Failed.
+    """Queue and run the grid that grid.plan made of axes and fixed; return the sweep with each point's
+    Success/Failed. Run it under a warm_server (l2lab.warm_server), started before this module's imports
+    (cli.sweep_command): stages wait for the server, and its imports are the longest of a sweep's start.
 
     Each point's MLflow run is created before it is queued, nested under the sweep's
     parent; the train stage takes it up by the experiment's name.
     """
-    sweep_id, points, epochs = plan(axes, fixed, cwd, versus_adamw)
+    sweep_id, points, epochs = planned
     jobs = worker_count(jobs, len(points))
     store = connect(cwd)
     end_stale_runs(store)
     fresh_workers(cwd)  # none left idle by an earlier sweep, holding its environment
-    # The warm server imports TensorFlow and MLflow, and the workers DVC, while the points are queued;
-    # stages wait for the server.
-    with warm_server(cwd), sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
+    # The workers import DVC while the points are queued.
+    with sweep_parent(store, sweep_id, axes, fixed, versus_adamw) as parent:
         with workers_starting(jobs, cwd):
             runs = {point.name: reserve(store, parent.run_id, sweep_id, point.name, point.sets) for point in points}
             queue_points(points, cwd)
