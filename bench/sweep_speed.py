@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO / "src"))
 from train_speed import ISA_CAPS, isa_flags  # noqa: E402
 
 LEGS = ("jobs1", "jobs1_cold", "jobs2", "plain")  # --jobs 1, the same with warm stages off, --jobs 2, plain fit()s
+RESULT_METRICS = ("val_accuracy", "test_accuracy", "test_loss", "train_accuracy", "weight_norm.total")  # per point, logged
 
 PLAIN = r"""
 import json, sys, time
@@ -163,7 +164,10 @@ def phases(project: Path, sweep_id: str, started_wall: float) -> list[dict]:
         evaluate_start = float(run.data.tags["l2lab.pid_started"])  # the evaluate stage took the run up last
         end = run.info.end_time / 1000
         points.append({"name": run.info.run_name, "first_epoch_start": first_epoch_start, "training": sum(m.value for m in epochs),
-                       "after_training": evaluate_start - last_epoch_end, "evaluation": end - evaluate_start, "end": end})
+                       "after_training": evaluate_start - last_epoch_end, "evaluation": end - evaluate_start, "end": end,
+                       # what the run produced, to compare a before and an after bit for bit
+                       "l2": run.data.params.get("train.l2"),
+                       "metrics": {k: run.data.metrics.get(k) for k in RESULT_METRICS}})
     points.sort(key=lambda p: p["first_epoch_start"])
     previous_end = started_wall
     for point in points:
