@@ -34,7 +34,7 @@ def forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     def keras_predict(x: np.ndarray) -> np.ndarray:
         return model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
 
-    if model.jit_compile or model.run_eagerly:
+    if getattr(model, "jit_compile", True) or getattr(model, "run_eagerly", True):  # or not a Keras model
         return keras_predict
     import tensorflow as tf
 
