@@ -15,7 +15,7 @@ CLASSES = [f"c{i}" for i in range(10)]
 
 
 def predictions(seed: int, n: int, absent: int | None = None, never: int | None = None) -> tuple:
-    """Labels and float64 probability rows as predict() makes them (normalised), with one class absent
+    """Labels and float64 probability rows as score() makes them (normalised), with one class absent
     from the labels and one never predicted, where asked: the zero-division cases."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n).astype(np.int64)

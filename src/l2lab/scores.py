@@ -12,15 +12,11 @@ from l2lab.norms import kernels, sparsity, weight_norms
 PREDICT_BATCH = 1024  # images per forward pass; memory only, results do not depend on it
 
 
-def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 images (N, 32, 32, 3), rows summing to 1 in float64.
+def normalised(probs: np.ndarray) -> np.ndarray:
+    """The model's class probabilities (N, 10) as rows summing to 1 in float64.
 
     The float32 softmax sums to 1 only within rounding; the rows are normalised in float64.
     """
-    return normalised(forward(model)(x))
-
-
-def normalised(probs: np.ndarray) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     return probs / probs.sum(axis=1, keepdims=True)
 
