@@ -75,10 +75,18 @@ def assert_no_workers_left(project: Path) -> None:
 def ctrl_c_once_a_point_trains(project: Path, *args: str) -> tuple[int, str]:
     """Start args in project (Ctrl-C not ignored), press Ctrl-C once one of its points' MLflow runs is
     RUNNING (training), and return its exit status and stderr."""
-    from l2lab.tracking.store import connect
-
     proc = subprocess.Popen(args, cwd=project, env=env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_until_a_point_trains(project, proc)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, stderr = proc.communicate(timeout=300)
+    return proc.returncode, stderr
+
+
+def wait_until_a_point_trains(project: Path, proc: subprocess.Popen) -> None:
+    """Return once one of the points of the sweep proc runs in project has a RUNNING MLflow run (it trains)."""
+    from l2lab.tracking.store import connect
+
     store, deadline = None, time.monotonic() + 300
     while time.monotonic() < deadline:
         if store is None and (project / "mlflow.db").exists():
@@ -87,9 +95,7 @@ def ctrl_c_once_a_point_trains(project: Path, *args: str) -> tuple[int, str]:
             store = connect(project)
         if store and store.client.search_runs([store.experiment_id], "tags.`l2lab.role` = 'point' and "
                                               "attributes.status = 'RUNNING'"):
-            break
+            return
         assert proc.poll() is None, proc.communicate()
         time.sleep(1)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
-    _, stderr = proc.communicate(timeout=300)
-    return proc.returncode, stderr
+    raise AssertionError("no point of the sweep started training within 300 s")

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from l2lab.tracking.store import EXPERIMENT
 from loopback import free_port, wait_http
-from project import assert_no_workers_left, clone_project, ctrl_c_once_a_point_trains, env, run, set_params
+from project import (assert_no_workers_left, clone_project, ctrl_c_once_a_point_trains, env, run, set_params,
+                     wait_until_a_point_trains)
 
 pytestmark = pytest.mark.e2e
 
@@ -253,6 +254,27 @@ def test_ctrl_c_of_a_sweep_stops_what_it_started(project: Path) -> None:
     assert sorted(r.info.status for r in children) == ["KILLED"] * 3  # the running one and the two queued
     status = run(project, "dvc", "queue", "status").stdout
     assert "Queued" not in status and "Running" not in status, status
+    assert_no_workers_left(project)
+
+
+@pytest.mark.fault
+@pytest.mark.slow  # minutes: `make test-slow`, which CI runs after `make test`
+def test_a_worker_that_leaves_with_a_point_still_queued_is_started_again(project: Path) -> None:
+    """A DVC worker checks every 10 s whether it has work; one that checks between taking a point and the
+    next being queued leaves after its point with the next still queued (CI saw it end a tune). Here
+    `dvc queue stop` makes the worker leave the same way: after the point it runs, the second queued."""
+    proc = subprocess.Popen(["l2lab", "sweep", "--l2", "0,0.01", "--jobs", "1"], cwd=project, env=env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until_a_point_trains(project, proc)
+    run(project, "dvc", "queue", "stop")  # no --kill: the worker ends the point it runs, then leaves
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert "workers left with 1 point(s) still queued (l2=0.01_" in stderr and "2/2 done (0 failed)" in stderr
+    (parent,) = [r for r in runs(project) if r.data.tags.get("l2lab.role") == "sweep"]
+    children = [r for r in runs(project) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
+    assert sorted(float(r.data.params["train.l2"]) for r in children) == [0.0, 0.01]
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in children)
     assert_no_workers_left(project)
 
 

@@ -12,7 +12,7 @@ from l2lab.errors import L2labError
 from l2lab.params import ParamsError
 from l2lab.sweeps.report import choose_champion, markdown, plot_axis, sweep_table
 from l2lab.sweeps.dvcqueue import fresh_workers, live_workers, queue_state
-from l2lab.sweeps.follow import AGAIN, POLL_SECONDS, SETTLE_SECONDS, STALLED_POLLS, wait
+from l2lab.sweeps.follow import AGAIN, POLL_SECONDS, RESTARTS, SETTLE_SECONDS, STALLED_POLLS, wait
 from l2lab.sweeps.grid import grid, parse_sets, parse_values, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +145,45 @@ def test_a_queue_with_nothing_running_and_no_workers_gives_up(monkeypatch: pytes
     with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(l2=1_sw\)"):
         wait(points, Path("."), lambda name, status: None, state)
     assert len(polls) == STALLED_POLLS + 1  # it waits STALLED_POLLS polls past the first idle one
+
+
+@pytest.mark.fault
+def test_workers_that_left_with_points_queued_are_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
+    points = grid("sw", {"train.l2": ["0", "1"]}, {})
+    # The worker ran l2=0 and left with l2=1 queued; started again, it runs l2=1.
+    states = [({"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 0),
+              ({"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 1),
+              ({"l2=0_sw": "Success", "l2=1_sw": "Running"}, 1),
+              ({"l2=0_sw": "Success", "l2=1_sw": "Success"}, 1)]
+    restarts = []
+    result = wait(points, Path("."), lambda name, status: None, lambda cwd: states.pop(0),
+                  restart=lambda: restarts.append(1))
+    assert result == {"l2=0_sw": "Success", "l2=1_sw": "Success"} and len(restarts) == 1 and not states
+
+
+@pytest.mark.fault
+def test_workers_that_never_stay_are_started_again_a_few_times_then_the_sweep_gives_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
+    points = grid("sw", {"train.l2": ["0", "1"]}, {})
+    restarts = []
+    with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(l2=1_sw\)"):
+        wait(points, Path("."), lambda name, status: None, lambda cwd: ({"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 0),
+             restart=lambda: restarts.append(1))
+    assert len(restarts) == RESTARTS
+
+
+@pytest.mark.fault
+def test_a_point_gone_from_the_queue_starts_no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removed (`dvc queue remove`), a point is in no state: workers started again would have nothing to run."""
+    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
+    points = grid("sw", {"train.l2": ["0", "1"]}, {})
+    restarts = []
+    with pytest.raises(L2labError, match="no workers left"):
+        wait(points, Path("."), lambda name, status: None, lambda cwd: ({"l2=0_sw": "Success"}, 0),
+             restart=lambda: restarts.append(1))
+    assert restarts == []
 
 
 def test_queue_state_reads_dvc_through_its_python_api(tmp_path: Path) -> None:

@@ -83,6 +83,13 @@ def start_workers(jobs: int, cwd: Path) -> None:
         pass
 
 
+def restart_workers(jobs: int, cwd: Path) -> None:
+    """Start the workers again once none is alive (follow.wait's restart): the control messages left
+    for the ones that went are cleared first (clear_stale_controls), or the new ones could obey them."""
+    clear_stale_controls(cwd)
+    start_workers(jobs, cwd)
+
+
 @contextlib.contextmanager
 def workers_starting(jobs: int, cwd: Path) -> Iterator[None]:
     """`dvc queue start -j N` running while the block runs: its workers start (1.5-2 s of DVC's imports)

@@ -21,6 +21,9 @@ SETTLE_SECONDS = 0.5  # between the cheap checks that end a wait early (settled)
 STALLED_POLLS = 6  # polls with nothing running and no worker alive before a sweep gives up
 
 
+RESTARTS = 3  # times a sweep starts the queue's workers again when they left with its points still queued
+
+
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while points run
 
 
@@ -57,7 +60,8 @@ AGAIN = "Queued again"  # what on_done returns for a point it put back in the qu
 def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | None],
          read_state: Callable[[Path], tuple[dict[str, str], int]],
          progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None),
-         settled: Callable[[], bool] = lambda: False, total: int | None = None) -> dict[str, str]:
+         settled: Callable[[], bool] = lambda: False, total: int | None = None,
+         restart: Callable[[], None] | None = None) -> dict[str, str]:
     """Poll the queue until every point is done; call on_done(name, status) once for each.
 
     on_done returns the point's final status (None: the queue's), or AGAIN when it queued
@@ -72,12 +76,18 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
     points' runs have ended, and DVC is committing them): the sweep's end is not held
     back by a poll.
 
+    restart() starts the workers again (`dvc queue start`), up to RESTARTS times, when none
+    is alive, none of the points runs and some are still queued: a DVC worker checks every
+    10 s whether it has work, and one that checks in the moment between taking a point and
+    the next being queued (a tune queues its next trial when one ends) leaves after the point
+    it holds, with the next one still in the queue.
+
     on_done may append points to the list (a tune asks for its next trial when one ends): they are followed
     too, until total (default: the points given) are done.
     """
     seen: dict[str, str] = {}
     last_counts, last_logged, started = "", 0.0, time.monotonic()
-    idle_polls = 0
+    idle_polls, restarts = 0, 0
     total = total if total is not None else len(points)
     while len(seen) < total:
         names = [p.name for p in points]
@@ -91,6 +101,13 @@ def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | Non
         names = [p.name for p in points]
         running = sum(states.get(n) == "Running" for n in names)
         stalled = len(seen) < len(names) and running == 0 and workers == 0
+        queued = [n for n in names if n not in seen and states.get(n) == "Queued"]
+        if stalled and queued and restart is not None and restarts < RESTARTS:
+            restarts += 1
+            log.warning("the DVC queue's workers left with %d point(s) still queued (%s): starting them again",
+                        len(queued), ", ".join(queued))
+            restart()
+            stalled = False
         idle_polls = idle_polls + 1 if stalled else 0
         if idle_polls > STALLED_POLLS:
             left = [n for n in names if n not in seen]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from l2lab.sweeps.dvcqueue import (fresh_workers, queue_points, queue_state, retrain, stop_points, worker_count,
-                                   workers_starting, workspace_state)
+from l2lab.sweeps.dvcqueue import (fresh_workers, queue_points, queue_state, restart_workers, retrain, stop_points,
+                                   worker_count, workers_starting, workspace_state)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Planned, Point, Sweep
 from l2lab.tracking.owners import end_stale_runs
@@ -46,7 +46,8 @@ def run_sweep(planned: Planned, axes: dict[str, list[str]], fixed: dict[str, str
 
         try:  # the workers leave by themselves once the queue is empty (DVC: after 10 s idle)
             results = wait(points, cwd, done, queue_state, progress=progress,
-                           settled=lambda: not points_live(store, parent.run_id))
+                           settled=lambda: not points_live(store, parent.run_id),
+                           restart=lambda: restart_workers(jobs, cwd))
         except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this sweep started
             stop_points([p.name for p in points], cwd)
             raise

@@ -1,13 +1,12 @@
 """`l2lab tune`: an Optuna search whose every trial is a queued DVC experiment and an MLflow run.
 
 The sampler runs here: --jobs trials run at once and one more waits in the queue (a DVC worker leaves
-once it has found the queue empty for 10 s, and one that leaves holding a task just queued loses it:
-the queue is never empty while trials are left). A trial is queued as a
-named DVC experiment with its values as -S overrides, its MLflow run reserved under the tune's parent
-run first; its train stage reports val_accuracy each epoch to the trial and stops when the pruner says
-so, and tells the trial its final val_accuracy (validation, never test) or that it was pruned
-(l2lab.studies.trial_link). When the experiment is done, a trial still untold failed; the next one is
-asked for.
+once it has found no work for 10 s; workers that left with trials still queued are started again,
+follow.wait). A trial is queued as a named DVC experiment with its values as -S overrides, its MLflow
+run reserved under the tune's parent run first; its train stage reports val_accuracy each epoch to
+the trial and stops when the pruner says so, and tells the trial its final val_accuracy (validation,
+never test) or that it was pruned (l2lab.studies.trial_link). When the experiment is done, a trial
+still untold failed; the next one is asked for.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from l2lab.errors import L2labError
 from l2lab.params import ParamsError, load_params, parse_params
 from l2lab.studies import (PRUNED_TAG, PRUNER_ATTR, PRUNERS, SAMPLERS, STORAGE_ENV, STUDY_TAG, TUNE_ATTR,
                            local_journal, make_pruner, make_sampler, open_storage, redact, trial_tags)
-from l2lab.sweeps.dvcqueue import (fresh_workers, live_workers, queue_points, queue_state, start_workers,
-                                   stop_points, worker_count, workers_starting)
+from l2lab.sweeps.dvcqueue import (fresh_workers, live_workers, queue_points, queue_state, restart_workers,
+                                   start_workers, stop_points, worker_count, workers_starting)
 from l2lab.sweeps.follow import AGAIN, Progress, wait
 from l2lab.sweeps.grid import Point, Sweep, new_sweep_id, override, trial_name, value_text
 from l2lab.sweeps.local import Settler
@@ -220,7 +219,8 @@ def run_tune(space: dict[str, Dimension], fixed: dict[str, str], trials: int, jo
                  tune_id, trials, jobs, sampler, pruner, seed, redact(url), parent.run_id)
         try:
             results = wait(points, cwd, done, queue_state, progress=progress,
-                           settled=lambda: not points_live(store, parent.run_id), total=trials)
+                           settled=lambda: not points_live(store, parent.run_id), total=trials,
+                           restart=lambda: restart_workers(jobs, cwd))
         except BaseException:  # Ctrl-C, SIGTERM or a dead queue: stop what this tune started
             stop_points([p.name for p in points], cwd)
             for trial in asked.values():
