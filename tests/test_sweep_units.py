@@ -441,3 +441,19 @@ def test_lambda_plots_draw_one_labelled_line_per_learning_rate() -> None:
     legend = [t.get_text() for t in figures["gap_vs_lambda.png"].axes[0].get_legend().get_texts()]
     assert legend == ["learning_rate=0.001", "learning_rate=0.003", "learning_rate=0.01", "learning_rate=0.03",
                       "learning_rate=0.1"]
+
+
+@pytest.mark.parametrize("l2", [0.005, 0.0, 3e-4])
+def test_a_one_point_sweeps_plots_label_its_value(l2: float) -> None:
+    """symlog's own ticks are decades: a lone 0.005 fell between them and the axis had no label at all."""
+    from l2lab.sweeps.figures import sweep_figures
+    from l2lab.sweeps.report import summary_table
+
+    rows = [{"train.l2": l2, "status": "FINISHED", "val_accuracy": 0.5, "test_accuracy": 0.5, "train_accuracy": 0.6,
+             "generalization_gap": 0.1, "weight_norm_total": 10.0, "val_loss": 1.0}]
+    figures = sweep_figures(summary_table(pd.DataFrame(rows), ["train.l2"]), "train.l2", {})
+    for name in ("accuracy_vs_lambda.png", "gap_vs_lambda.png", "weight_norm_vs_lambda.png"):
+        ax = figures[name].axes[0]
+        ax.figure.canvas.draw()
+        shown = [t.get_text() for t in ax.get_xticklabels() if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        assert shown == [f"{l2:g}"], (name, shown)

@@ -17,6 +17,9 @@ def _lambda_axis(ax, values) -> None:
     positive = [v for v in values if v > 0]
     if positive:
         ax.set_xscale("symlog", linthresh=min(positive))
+    distinct = sorted(set(values))
+    if len(distinct) == 1:  # a one-point sweep: its value, wherever the scale's own ticks would fall
+        ax.set_xticks(distinct, [f"{v:g}" for v in distinct])
 
 
 def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: str | None = None) -> dict[str, object]:
