@@ -216,6 +216,35 @@ def test_a_tune_s_workers_draw_trials_until_its_count_then_none(storage) -> None
     assert [queue.take(storage, again).sets for _ in range(2)] == [first.sets, second.sets]
 
 
+def test_two_workers_asking_at_once_draw_different_trials(storage, monkeypatch) -> None:
+    """Both counted the study's trials before either drew: seeded by that count, their samplers drew alike
+    (CI saw a 4-trial team tune with 3 different draws)."""
+    import threading
+
+    import optuna
+
+    a_tune(storage, "tune-d", trials=4)
+    real, together = studies.make_sampler, threading.Barrier(2, timeout=30)
+
+    def make_sampler(name, seed):  # each worker waits here for the other: both are past their count
+        together.wait()
+        return real(name, seed)
+
+    monkeypatch.setattr(studies, "make_sampler", make_sampler)
+    drawn = []
+
+    def worker() -> None:
+        drawn.append(queue.take(storage, optuna.load_study(study_name="tune-d", storage=storage)))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(drawn) == 2 and all(drawn)
+    assert drawn[0].sets != drawn[1].sets
+
+
 def test_a_draw_past_the_count_by_workers_asking_at_once_is_surplus(storage, monkeypatch) -> None:
     from optuna.trial import TrialState
 

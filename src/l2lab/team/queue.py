@@ -90,9 +90,10 @@ def tune_study(storage, tune_id: str, space: dict[str, Any], fixed: dict[str, st
 
 def ask(storage, study) -> Task | None:
     """A team tune's next trial, drawn here by the study's sampler (None once --trials are drawn, or the tune
-    stopped). The sampler is seeded with the tune's seed plus the trials drawn so far: two workers never
-    draw alike, and one worker draws the same trials twice. A draw past --trials (two workers asked at
-    once) ends FAIL, marked surplus, and is left out of the tune; retries of a point do not count."""
+    stopped). The sampler is seeded with the tune's seed plus the new trial's number (the storage gives each
+    trial its own): two workers never draw alike, and one worker draws the same trials twice. A draw past
+    --trials (two workers asked at once) ends FAIL, marked surplus, and is left out of the tune; retries of
+    a point do not count."""
     import optuna
     from optuna.distributions import json_to_distribution
     from optuna.trial import TrialState
@@ -105,9 +106,13 @@ def ask(storage, study) -> Task | None:
     if attrs.get("l2lab.stopped") or len(drawn_points(study)) >= target:
         return None
     seed = attrs["l2lab.seed"]
-    study.sampler = make_sampler(attrs["l2lab.sampler"], None if seed is None else seed + len(study.trials))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial = study.ask({k: json_to_distribution(v) for k, v in attrs["l2lab.space"].items()})
+    trial = study.ask()  # its number, unique across workers, before anything is drawn
+    # Seeded by that number: two workers counting the trials at once would count alike, and draw alike.
+    study.sampler = make_sampler(attrs["l2lab.sampler"], None if seed is None else seed + trial.number)
+    study.sampler.before_trial(study, storage.get_trial(trial._trial_id))  # what ask did for the old one
+    for key, spec in attrs["l2lab.space"].items():
+        suggest(trial, key, json_to_distribution(spec))
     name = trial_name(attrs[TUNE_ATTR], trial.number, trial.params)
     sets = {**attrs["l2lab.fixed"], **{k: value_text(v) for k, v in trial.params.items()}}
     trial.set_user_attr("point", name)
@@ -119,6 +124,17 @@ def ask(storage, study) -> Task | None:
         return None
     storage.record_heartbeat(trial._trial_id)
     return Task(storage, study, trial.number, trial._trial_id, name, sets, None)
+
+
+def suggest(trial, key: str, distribution) -> Any:
+    """Draw key from distribution for trial through Optuna's public suggest_* (what ask(fixed) does)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 def drawn_points(study) -> dict[str, int]:
