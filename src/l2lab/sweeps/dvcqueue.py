@@ -60,7 +60,7 @@ def retrain(point: Point, cwd: Path) -> None:
     dvc("queue", "remove", point.name, cwd=cwd)  # the empty first try's queue entry; --force replaces its experiment
     dvc("exp", "run", "--queue", *RETRAIN, "-n", point.name, *set_args(point.sets), cwd=cwd)
     if live_workers(cwd) == 0:  # the workers left: the queue was empty for 10 s
-        start_workers(1, cwd)
+        restart_workers(1, cwd)
 
 
 def workspace_state(cwd: Path) -> str:
