@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TF     ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test test-slow test-all test-team team-up team-down install-team demo ui exps bench bench-sweep install clean-venv
+.PHONY: lint repro test test-slow test-all test-team team-up team-down install-team demo ui exps bench bench-sweep install clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(RUN) python -m pytest
+
+# ruff, configured in pyproject.toml: pycodestyle, pyflakes and import order over src, tests, bench and scripts.
+lint: $(STAMP)
+	$(RUN) ruff check src tests bench scripts
 
 # The longest end-to-end cases (marker slow), kept out of make test's 15 minutes; CI runs them.
 test-slow: $(STAMP)

@@ -1,12 +1,14 @@
-"""Sweep benchmark: a small lambda grid as `l2lab sweep --jobs 1`, the same with warm stages off
-(L2LAB_WARM=0: every stage imports for itself, as before them; the baseline), as `--jobs 2`, and as a
-plain reference (each point's l2lab `fit()` in a fresh process on the same processed arrays: no DVC,
-no MLflow, no evaluation), interleaved, in a throwaway clone of this checkout. A benchmark, not a
-test: it asserts no timing.
+"""Sweep benchmark: a lambda grid as `l2lab sweep --jobs 1`, the same with warm stages off
+(L2LAB_WARM=0: every stage imports for itself; the baseline), as `--jobs 2`, as a plain reference
+(each point's l2lab `fit()` in a fresh process on the same processed arrays: no DVC, no MLflow, no
+evaluation), and as the README's plain-DVC grid (`dvc exp run --queue -S train.l2=...` per value, then
+`dvc queue start -j 1`, waited for until the queue is empty), interleaved, in a throwaway clone of
+this checkout. The default is the study's regime: 5,000 training images, 10 epochs, 4 lambdas. A
+benchmark, not a test: it asserts no timing.
 
-    python bench/sweep_speed.py [--archive cifar-10-python.tar.gz] [--train-size 5000] [--epochs 5]
+    python bench/sweep_speed.py [--archive cifar-10-python.tar.gz] [--train-size 5000] [--epochs 10]
                                 [--l2 0,1e-4,1e-3,1e-2] [--pairs 1] [--max-isa avx2]
-                                [--legs jobs1,jobs1_cold,jobs2,plain] [--checkout PATH]
+                                [--legs jobs1,jobs1_cold,jobs2,plain,dvc_queue] [--checkout PATH]
                                 [--out reports/sweep_bench.json]
 
 Without --archive it generates a small CIFAR-format archive (synthetic shapes) so that it runs
@@ -21,12 +23,13 @@ a PYTHONPATH given to the benchmark follows it).
 
 Writes JSON with the wall times, `sweep_vs_plain` (the `--jobs 1` wall over the plain reference's),
 `cold_vs_warm` (the warm-stages-off `--jobs 1` wall over the `--jobs 1` wall),
-`jobs2_speedup` (`--jobs 1` wall over `--jobs 2` wall), `training_share` (the share of the `--jobs 1`
+`jobs2_speedup` (`--jobs 1` wall over `--jobs 2` wall), `dvc_queue_vs_sweep` (the plain-DVC grid's wall
+over the `--jobs 1` wall), `training_share` (the share of the `--jobs 1`
 points' time spent in training epochs) and, per `--jobs 1` point, its time by phase, read from its
 MLflow run: `before_training` (experiment set-up, stages skipped or re-run, imports and tracing up to
 the first epoch), `training` (the epochs), `after_training` (saving and logging the model, DVC's commit,
 the evaluate stage's start-up) and `evaluation` (the evaluate stage); `before_training` counts from
-the previous point's end (the queue's gap between points included), the first point's from the
+the previous point's end (the gap between points included), the first point's from the
 sweep's start. And the CPU's ISA flags.
 """
 
@@ -50,7 +53,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 from train_speed import ISA_CAPS, isa_flags  # noqa: E402
 
-LEGS = ("jobs1", "jobs1_cold", "jobs2", "plain")  # --jobs 1, the same with warm stages off, --jobs 2, plain fit()s
+# --jobs 1, the same with warm stages off, --jobs 2, plain fit()s, and the README's plain-DVC grid (dvc exp run
+# --queue, then dvc queue start -j 1)
+LEGS = ("jobs1", "jobs1_cold", "jobs2", "plain", "dvc_queue")
 RESULT_METRICS = ("val_accuracy", "test_accuracy", "test_loss", "train_accuracy", "weight_norm.total")  # per point, logged
 
 PLAIN = r"""
@@ -134,18 +139,41 @@ def sweep_leg(project: Path, l2: str, epochs: int, jobs: int, warm: bool = True)
     wall = time.monotonic() - started
     if proc.returncode != 0:
         raise SystemExit(f"l2lab sweep --jobs {jobs} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    sweep_id = next(line.split("sweep ", 1)[1].split(":", 1)[0] for line in proc.stderr.splitlines()
-                    if " experiments on " in line)
+    sweep_id = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("Sweep "))
     return {"wall_s": wall, "sweep_id": sweep_id, "preprocess_reruns": preprocess_reruns(project, sweep_id)}
 
 
 def preprocess_reruns(project: Path, sweep_id: str) -> int:
-    """How many of the sweep's points ran preprocess again (their logs say so)."""
-    status = sh(project, "dvc", "queue", "status", env=git_env()).stdout
-    names = [line.split()[1] for line in status.splitlines() if sweep_id in line and len(line.split()) > 1]
-    logs = [subprocess.run(["dvc", "queue", "logs", name], cwd=project, capture_output=True, text=True,
-                           env=git_env()).stdout for name in names]
+    """How many of the sweep's points ran preprocess again (their output says so): each point's output file
+    (reports/sweep/<id>/logs/), or, for a checkout whose sweeps ran on DVC's queue, `dvc queue logs`."""
+    folder = project / "reports" / "sweep" / sweep_id / "logs"
+    if folder.is_dir():
+        logs = [path.read_text() for path in folder.glob("*.log")]
+    else:
+        status = sh(project, "dvc", "queue", "status", env=git_env()).stdout
+        names = [line.split()[1] for line in status.splitlines() if sweep_id in line and len(line.split()) > 1]
+        logs = [subprocess.run(["dvc", "queue", "logs", name], cwd=project, capture_output=True, text=True,
+                               env=git_env()).stdout for name in names]
     return sum("Running stage 'preprocess'" in log for log in logs)
+
+
+def dvc_queue_leg(project: Path, l2_values: list[str], epochs: int, jobs: int = 1) -> dict:
+    """The README's plain-DVC grid: `dvc exp run --queue -S train.l2=...` per value, `dvc queue start -j N`, then
+    waiting until the queue has nothing queued or running. Its stages import for themselves (no warm server)."""
+    started = time.monotonic()
+    env = git_env() | own_code(project)
+    for l2 in l2_values:
+        sh(project, "dvc", "exp", "run", "--queue", "-S", f"train.l2={l2}", "-S", f"train.epochs={epochs}", env=env)
+    sh(project, "dvc", "queue", "start", "-j", str(jobs), env=env)
+    while True:
+        status = sh(project, "dvc", "queue", "status", env=env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(1.0)
+    wall = time.monotonic() - started
+    failed = status.count("Failed")
+    sh(project, "dvc", "queue", "remove", "--all", env=env)  # its entries, so that the next round counts its own
+    return {"wall_s": wall, "failed": failed}
 
 
 def phases(project: Path, sweep_id: str, started_wall: float) -> list[dict]:
@@ -194,7 +222,7 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, help="a CIFAR-10 python archive (default: a generated small one)")
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--l2", default="0,1e-4,1e-3,1e-2")
     parser.add_argument("--pairs", type=int, default=1, help="interleaved rounds of the legs")
     parser.add_argument("--max-isa", choices=sorted(ISA_CAPS), help="cap the kernels' ISA for every leg")
@@ -225,6 +253,9 @@ def main() -> None:
                 if leg == "plain":
                     one_round[leg] = plain_leg(project, l2_values, args.epochs)
                     continue
+                if leg == "dvc_queue":
+                    one_round[leg] = dvc_queue_leg(project, l2_values, args.epochs)
+                    continue
                 result = sweep_leg(project, args.l2, args.epochs, jobs=2 if leg == "jobs2" else 1,
                                    warm=leg != "jobs1_cold")
                 if leg != "jobs2":
@@ -233,7 +264,8 @@ def main() -> None:
             rounds.append(one_round)
             print(f"round {pair + 1}: " + ", ".join(f"{leg} {one_round[leg]['wall_s']:.0f} s" for leg in legs), flush=True)
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    jobs1, cold, jobs2, plain = (median([r[leg]["wall_s"] for r in rounds]) if leg in legs else None for leg in LEGS)
+    jobs1, cold, jobs2, plain, dvc_queue = (median([r[leg]["wall_s"] for r in rounds]) if leg in legs else None
+                                            for leg in LEGS)
     ratio = lambda a, b: a / b if a is not None and b is not None else None  # noqa: E731
     phase_names = ("before_training", "training", "after_training", "evaluation")
 
@@ -248,9 +280,11 @@ def main() -> None:
     report = {
         "sweep_vs_plain": ratio(jobs1, plain), "jobs2_speedup": ratio(jobs1, jobs2), "training_share": share,
         "cold_vs_warm": ratio(cold, jobs1), "cold_sweep_vs_plain": ratio(cold, plain), "cold_training_share": cold_share,
-        "wall_s": {"jobs1": jobs1, "jobs1_cold": cold, "jobs2": jobs2, "plain": plain},
+        "dvc_queue_vs_sweep": ratio(dvc_queue, jobs1),
+        "wall_s": {"jobs1": jobs1, "jobs1_cold": cold, "jobs2": jobs2, "plain": plain, "dvc_queue": dvc_queue},
         "per_point_s_by_phase": by_phase, "cold_per_point_s_by_phase": cold_phases,
-        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in legs if leg != "plain"),
+        "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in legs
+                                 if leg not in ("plain", "dvc_queue")),
         "grid": {"l2": l2_values, "epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size,
                  "archive": str(args.archive) if args.archive else "generated (synthetic shapes)",
                  "checkout": str(args.checkout.resolve()), "legs": legs},
@@ -262,7 +296,8 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     shown = lambda key: "-" if report[key] is None else f"{report[key]:.2f}"  # noqa: E731
     print(f"sweep_vs_plain {shown('sweep_vs_plain')} (cold {shown('cold_sweep_vs_plain')}), cold_vs_warm "
-          f"{shown('cold_vs_warm')}, jobs2_speedup {shown('jobs2_speedup')}, training_share "
+          f"{shown('cold_vs_warm')}, jobs2_speedup {shown('jobs2_speedup')}, dvc_queue_vs_sweep "
+          f"{shown('dvc_queue_vs_sweep')}, training_share "
           f"{shown('training_share')} (cold {shown('cold_training_share')}); per point: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in by_phase.items()) + f"; written to {args.out}")
 

@@ -46,6 +46,12 @@ def clone_project(dest: Path) -> Path:
     return dest
 
 
+def copy_project(template: Path, dest: Path) -> Path:
+    """A copy of a template project (its git history, DVC cache and outputs, nothing else it shares)."""
+    shutil.copytree(template, dest, symlinks=True)
+    return dest
+
+
 def set_params(project: Path, **values: object) -> None:
     """Set dotted params (train__l2=0.1 means train.l2) in project's params.yaml, keeping comments."""
     yaml = YAML()
@@ -61,15 +67,16 @@ def set_params(project: Path, **values: object) -> None:
         yaml.dump(doc, f)
 
 
-def assert_no_workers_left(project: Path) -> None:
-    """DVC's queue workers in project all gone (they leave after 10 s idle)."""
-    status, deadline = "", time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = run(project, "dvc", "queue", "status").stdout
-        if "Worker status: 0 active, 0 idle" in status:
-            return
-        time.sleep(2)
-    raise AssertionError(f"queue workers left running:\n{status}")
+def workers_of(project: Path) -> list:
+    """The `l2lab worker` processes running in project, and its points' experiments (dvc exp run)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline, where = " ".join(proc.info["cmdline"] or []), proc.info["cwd"] or ""
+        if ("l2lab.cli worker" in cmdline or "exp run --temp" in cmdline) and where.startswith(str(project)):
+            found.append(proc)
+    return found
 
 
 def ctrl_c_once_a_point_trains(project: Path, *args: str) -> tuple[int, str]:

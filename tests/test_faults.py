@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from l2lab.tracking.runs import Run
 from l2lab.tracking.store import MlflowBusyError, connect, retrying
 from l2lab.stages.preprocess import preprocess
-from project import REPO, clone_project, env, run, set_params
+from project import REPO, env, run, set_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -65,10 +65,9 @@ def test_signal_during_training_ends_the_run_killed_and_writes_nothing(prepared:
     assert leftovers == [] and not (prepared / "models" / "run.json").exists()
 
 
-def test_diverging_run_fails_clearly(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> None:
-    project = clone_project(tmp_path / "repo")
-    set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
-               data__val_size=50, train__epochs=2, train__l2=1e30)
+def test_diverging_run_fails_clearly(bare: Path) -> None:
+    project = bare
+    set_params(project, train__epochs=2, train__l2=1e30)
     proc = run(project, "dvc", "repro", check=False)
     assert proc.returncode != 0
     assert ("error: training diverged at epoch 1: loss is nan; lower train.learning_rate or the penalty "
@@ -162,12 +161,9 @@ def test_database_locked_too_long_is_reported_in_one_line(tmp_path: Path, monkey
         blocker.close()
 
 
-def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(
-    tmp_path: Path, small_archive: Path, small_archive_sha256: str
-) -> None:
-    project = clone_project(tmp_path / "repo")
-    set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
-               data__val_size=50, train__epochs=500)
+def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(bare: Path) -> None:
+    project = bare
+    set_params(project, train__epochs=500)
     proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=env(), text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True, preexec_fn=like_a_terminal)
     for line in proc.stderr:

@@ -11,8 +11,6 @@ import pytest
 from l2lab.errors import L2labError
 from l2lab.params import ParamsError
 from l2lab.sweeps.report import choose_champion, markdown, plot_axis, sweep_table
-from l2lab.sweeps.dvcqueue import fresh_workers, live_workers, queue_state
-from l2lab.sweeps.follow import AGAIN, POLL_SECONDS, RESTARTS, SETTLE_SECONDS, STALLED_POLLS, wait
 from l2lab.sweeps.grid import grid, parse_sets, parse_values, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,134 +84,6 @@ def test_markdown_table() -> None:
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x |", "| 2 | y |"]
 
 
-def test_a_running_point_is_alive_even_when_dvc_reports_no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    points = grid("sw", {"train.l2": ["0", "1"]}, {})
-    # DVC issues #10427/#8614: 0 workers while tasks run. Longer than STALLED_POLLS, then both finish.
-    states = [({"l2=0_sw": "Running", "l2=1_sw": "Queued"}, 0)] * 20 + [({"l2=0_sw": "Success", "l2=1_sw": "Failed"}, 0)]
-    done = []
-    result = wait(points, Path("."), lambda name, status: done.append((name, status)), lambda cwd: states.pop(0))
-    assert result == {"l2=0_sw": "Success", "l2=1_sw": "Failed"} and done == [("l2=0_sw", "Success"), ("l2=1_sw", "Failed")]
-
-
-def test_a_point_queued_again_is_followed_to_its_second_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    points = grid("sw", {"train.l2": ["0", "1"]}, {})
-    states = [({"l2=0_sw": "Success", "l2=1_sw": "Running"}, 1), ({"l2=0_sw": "Queued", "l2=1_sw": "Success"}, 1),
-              ({"l2=0_sw": "Running", "l2=1_sw": "Success"}, 1), ({"l2=0_sw": "Success", "l2=1_sw": "Success"}, 0)]
-    calls = []
-
-    def on_done(name: str, status: str) -> str | None:  # l2=0's first end puts it back; l2=1 turns out failed
-        calls.append(name)
-        return AGAIN if calls.count(name) == 1 and name == "l2=0_sw" else ("Failed" if name == "l2=1_sw" else None)
-
-    result = wait(points, Path("."), on_done, lambda cwd: states.pop(0))
-    assert result == {"l2=0_sw": "Success", "l2=1_sw": "Failed"}
-    assert calls == ["l2=0_sw", "l2=1_sw", "l2=0_sw"] and states == []
-
-
-def test_the_wait_ends_early_once_nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    points = grid("sw", {"train.l2": ["0"]}, {})
-    clock, slept = [0.0], []
-
-    def sleep(seconds: float) -> None:  # a clock of its own: the test waits for nothing
-        clock[0] += seconds
-        slept.append(seconds)
-
-    monkeypatch.setattr("l2lab.sweeps.follow.time.sleep", sleep)
-    monkeypatch.setattr("l2lab.sweeps.follow.time.monotonic", lambda: clock[0])
-    states = [({"l2=0_sw": "Running"}, 1)] * 2 + [({"l2=0_sw": "Success"}, 1)]
-    live = [True] * 12 + [False]  # its run ends at the 13th check (7 s in), then DVC commits it
-    result = wait(points, Path("."), lambda name, status: None, lambda cwd: states.pop(0),
-                  settled=lambda: not live.pop(0) if live else True)
-    assert result == {"l2=0_sw": "Success"} and states == []
-    # First wait: the whole poll (5 s, checks every 0.5 s); the second ends at the check that finds the
-    # run ended (7 s in), and the queue is read then, not at 10 s.
-    assert sum(slept) == pytest.approx(POLL_SECONDS + 4 * SETTLE_SECONDS)
-
-
-@pytest.mark.fault
-def test_a_queue_with_nothing_running_and_no_workers_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    points = grid("sw", {"train.l2": ["0", "1"]}, {})
-    polls = []
-
-    def state(cwd: Path) -> tuple[dict[str, str], int]:
-        polls.append(1)
-        return {"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 0
-
-    with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(l2=1_sw\)"):
-        wait(points, Path("."), lambda name, status: None, state)
-    assert len(polls) == STALLED_POLLS + 1  # it waits STALLED_POLLS polls past the first idle one
-
-
-@pytest.mark.fault
-def test_workers_that_left_with_points_queued_are_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    points = grid("sw", {"train.l2": ["0", "1"]}, {})
-    # The worker ran l2=0 and left with l2=1 queued; started again, it runs l2=1.
-    states = [({"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 0),
-              ({"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 1),
-              ({"l2=0_sw": "Success", "l2=1_sw": "Running"}, 1),
-              ({"l2=0_sw": "Success", "l2=1_sw": "Success"}, 1)]
-    restarts = []
-    result = wait(points, Path("."), lambda name, status: None, lambda cwd: states.pop(0),
-                  restart=lambda: restarts.append(1))
-    assert result == {"l2=0_sw": "Success", "l2=1_sw": "Success"} and len(restarts) == 1 and not states
-
-
-@pytest.mark.fault
-def test_workers_that_never_stay_are_started_again_a_few_times_then_the_sweep_gives_up(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    points = grid("sw", {"train.l2": ["0", "1"]}, {})
-    restarts = []
-    with pytest.raises(L2labError, match=r"no workers left but 1 point\(s\) are not done \(l2=1_sw\)"):
-        wait(points, Path("."), lambda name, status: None, lambda cwd: ({"l2=0_sw": "Success", "l2=1_sw": "Queued"}, 0),
-             restart=lambda: restarts.append(1))
-    assert len(restarts) == RESTARTS
-
-
-@pytest.mark.fault
-def test_a_point_gone_from_the_queue_starts_no_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Removed (`dvc queue remove`), a point is in no state: workers started again would have nothing to run."""
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    points = grid("sw", {"train.l2": ["0", "1"]}, {})
-    restarts = []
-    with pytest.raises(L2labError, match="no workers left"):
-        wait(points, Path("."), lambda name, status: None, lambda cwd: ({"l2=0_sw": "Success"}, 0),
-             restart=lambda: restarts.append(1))
-    assert restarts == []
-
-
-def test_queue_state_reads_dvc_through_its_python_api(tmp_path: Path) -> None:
-    from project import run as run_command
-
-    run_command(tmp_path, "git", "init", "-q")
-    run_command(tmp_path, "dvc", "init", "-q")
-    assert queue_state(tmp_path) == ({}, 0)
-
-
-def test_fresh_workers_stops_an_idle_worker_and_leaves_none(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A real DVC queue worker, idle (nothing queued): a sweep starting now must not inherit it."""
-    import subprocess
-
-    from project import env, run as run_command
-
-    run_command(tmp_path, "git", "init", "-q")
-    run_command(tmp_path, "dvc", "init", "-q")
-    run_command(tmp_path, "git", "commit", "-qm", "dvc")
-    subprocess.run(["dvc", "queue", "start"], cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=True)
-    assert live_workers(tmp_path) == 1  # it waits 10 s for a first task before it leaves
-    with caplog.at_level("INFO", logger="l2lab.sweeps.dvcqueue"):
-        fresh_workers(tmp_path)
-    assert live_workers(tmp_path) == 0
-    assert "stopped 1 idle DVC queue worker(s) left by an earlier sweep" in caplog.text
-    fresh_workers(tmp_path)  # none left: nothing to stop, nothing said
-    assert caplog.text.count("stopped") == 1
-
-
 def test_plot_axis_is_the_recorded_penalty_not_the_seeds() -> None:
     assert plot_axis({"train.seed": [1, 2], "train.l1": [0, 1e-4]}) == "train.l1"
     assert plot_axis({"train.seed": [1, 2]}) == "train.l2"
@@ -221,7 +91,7 @@ def test_plot_axis_is_the_recorded_penalty_not_the_seeds() -> None:
 
 
 def test_jobs_are_clamped_to_points_and_cores(caplog: pytest.LogCaptureFixture) -> None:
-    from l2lab.sweeps.dvcqueue import worker_count
+    from l2lab.sweeps.run import worker_count
 
     assert worker_count(1000, points=5, cores=2) == 2
     assert "--jobs 1000: starting 2 worker(s) (5 point(s), 2 core(s))" in caplog.text
@@ -237,22 +107,6 @@ def test_progress_line_shows_each_running_point_and_the_time_left() -> None:
     assert line == "1/4 done (0 failed), 1 running; l2=0.01_sw: epoch 5/10, val_accuracy 0.6123; about 9 min left"
     assert progress_line(0, 2, 0, {"a": Progress(0, 10, None)}, elapsed=20.0) == "0/2 done (0 failed), 1 running; a: epoch 0/10"
     assert progress_line(2, 2, 1, {}, elapsed=50.0) == "2/2 done (1 failed), 0 running"
-
-
-def test_a_sweep_reports_running_epochs_while_nothing_finishes(monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    from l2lab.sweeps.follow import Progress
-
-    monkeypatch.setattr("l2lab.sweeps.follow.POLL_SECONDS", 0.0)
-    monkeypatch.setattr("l2lab.sweeps.follow.PROGRESS_SECONDS", 0.0)  # every poll counts as 30 s later
-    points = grid("sw", {"train.l2": ["0"]}, {})
-    states = [({"l2=0_sw": "Running"}, 1)] * 3 + [({"l2=0_sw": "Success"}, 1)]
-    epochs = iter([1, 2, 3])
-    wait(points, Path("."), lambda name, status: None, lambda cwd: states.pop(0),
-         lambda name: Progress(next(epochs), 3, 0.5))
-    lines = [r.message for r in caplog.records if r.message.startswith("sweep progress")]
-    assert [line.split("; ")[1] for line in lines[:3]] == [f"l2=0_sw: epoch {e}/3, val_accuracy 0.5000" for e in (1, 2, 3)]
-    assert lines[-1] == "sweep progress: 1/1 done (0 failed), 0 running"
 
 
 def test_summary_is_mean_and_sample_std_over_seeds() -> None:
@@ -377,14 +231,14 @@ def test_a_sweep_whose_every_point_failed_reports_them_without_a_traceback(
     from l2lab.sweeps.grid import Sweep
     from l2lab.sweeps.report import make_report
     from l2lab.tracking.store import connect
-    from l2lab.tracking.sweeps import end_unstarted, reserve, sweep_parent
+    from l2lab.tracking.sweep_runs import end_unlanded, reserve, sweep_parent
 
     monkeypatch.chdir(tmp_path)
     store = connect(tmp_path)
     points = grid("sw", {"train.l2": ["0.2", "0.3"]}, {"data.train_size": "5"})
     with sweep_parent(store, "sw", {"train.l2": ["0.2", "0.3"]}, {"data.train_size": "5"}) as parent:
         for point in points:
-            end_unstarted(store, reserve(store, parent.run_id, "sw", point.name, point.sets))
+            end_unlanded(store, reserve(store, parent.run_id, "sw", point.name, point.sets), "failed in preprocess")
         parent.failed = True
     report = make_report(Sweep("sw", parent.run_id), tmp_path / "reports")
     assert report.champion is None

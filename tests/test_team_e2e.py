@@ -93,7 +93,7 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     sweep = start(admin, stack, "l2lab", "sweep", "--l2", ",".join(GRID["train.l2"]),
                   "--grid", "train.optimizer=" + ",".join(GRID["train.optimizer"]), log=tmp_path / "sweep.log")
     client = MlflowClient(stack.tracking_uri)
-    wait_for(lambda: "points enqueued for team workers" in (tmp_path / "sweep.log").read_text(), 120, "the grid")
+    wait_for(lambda: "4 points for team workers" in (tmp_path / "sweep.log").read_text(), 120, "the grid")
     procs = [start(clone, stack, "l2lab", "worker", log=tmp_path / f"{clone.name}.log") for clone in workers]
 
     # Kill worker 1 (SIGKILL: no clean-up of its own) once its point trains.
@@ -165,7 +165,8 @@ def test_a_tune_across_two_workers_each_asking_the_sampler(tmp_path: Path, stack
                                                             small_archive: Path, small_archive_sha256: str) -> None:
     from optuna.trial import TrialState
 
-    from l2lab.team import queue
+    from l2lab.studies import open_storage
+    from l2lab.sweeps import trials as queue
 
     admin, remote = team_project(tmp_path, stack, small_archive, small_archive_sha256, epochs=3)
     workers = [tmp_path / "w1", tmp_path / "w2"]
@@ -174,7 +175,7 @@ def test_a_tune_across_two_workers_each_asking_the_sampler(tmp_path: Path, stack
     tune = start(admin, stack, "l2lab", "tune", "--trials", "4", "--sampler", "random", "--pruner", "median",
                  "--seed", "3", "--space", "train.learning_rate=log:1e-5:3e-2", "--space", "train.l2=log:1e-6:1e-2",
                  log=tmp_path / "tune.log")
-    wait_for(lambda: "trials for team workers" in (tmp_path / "tune.log").read_text(), 120, "the tune")
+    wait_for(lambda: "for team workers" in (tmp_path / "tune.log").read_text(), 120, "the tune")
     procs = [start(clone, stack, "l2lab", "worker", log=tmp_path / f"{clone.name}.log") for clone in workers]
     for proc, clone in zip(procs, workers):
         assert proc.wait(timeout=900) == 0, (tmp_path / f"{clone.name}.log").read_text()
@@ -182,8 +183,8 @@ def test_a_tune_across_two_workers_each_asking_the_sampler(tmp_path: Path, stack
     logs = [(tmp_path / f"{clone.name}.log").read_text() for clone in workers]
     assert all(": taken (trial " in text for text in logs)  # both workers drew trials of their own
 
-    (study,) = queue.sweeps(queue.open_storage(stack.database_uri("optuna")))
-    trials = queue.tune_trials(study)
+    (study,) = queue.sweeps(open_storage(stack.database_uri("optuna")))
+    trials = [t for t in study.get_trials() if not t.user_attrs.get(queue.SURPLUS)]
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert len({repr(t.params) for t in trials}) == 4  # the workers' samplers never drew alike
@@ -202,15 +203,15 @@ def test_a_tune_across_two_workers_each_asking_the_sampler(tmp_path: Path, stack
         assert epochs == len(t.intermediate_values)  # every epoch reported to the trial by the train stage
         assert ("l2lab.pruned_at_epoch" in r.data.tags) == (t.state == TrialState.PRUNED)
         assert "test_accuracy" in r.data.metrics  # evaluated before the tune's report, pruned ones too
-        assert study.user_attrs[f"{queue.LANDED_PREFIX}{t.user_attrs['point']}"] == "Success"
     out = sh(admin, stack, "l2lab", "report").stdout
     assert study.study_name in out and "pruned_at_epoch" in out
 
 
 OPEN_AND_CREATE = """
 import sys
-from l2lab.team import queue
-queue.new_study(queue.open_storage(sys.argv[1]), sys.argv[2])
+from l2lab.studies import open_storage
+from l2lab.sweeps import trials
+trials.new_study(open_storage(sys.argv[1]), sys.argv[2])
 print("ok")
 """
 

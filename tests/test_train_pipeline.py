@@ -19,19 +19,18 @@ from mlflow.tracking import MlflowClient
 from l2lab.deps import code_digest
 from l2lab.tracking.store import EXPERIMENT
 from loopback import free_port, wait_http
-from project import clone_project, env, run, set_params
+from project import copy_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
 EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, small_archive: Path, small_archive_sha256: str) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, template_data: Path) -> Path:
     """A copy of the repo after one full `dvc repro` on the small archive."""
-    project = clone_project(tmp_path_factory.mktemp("train") / "repo")
-    set_params(project, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
-               data__val_size=50, train__epochs=EPOCHS)
-    run(project, "git", "commit", "-qam", "point at the test archive")
+    project = copy_project(template_data, tmp_path_factory.mktemp("train") / "repo")
+    set_params(project, train__epochs=EPOCHS)
+    run(project, "git", "commit", "-qam", "two epochs")
     run(project, "dvc", "repro")
     return project
 
@@ -161,7 +160,7 @@ def test_l2lab_serve_bounds_requests_and_stops_on_sigterm(trained: Path) -> None
     import psutil
 
     from l2lab.serve import MAX_BODY_BYTES
-    from l2lab.serving import MAX_IMAGES
+    from l2lab.classifier import MAX_IMAGES
 
     run_id = json.loads((trained / "models" / "mlflow_run.json").read_text())["run_id"]
     with np.load(trained / "data" / "processed" / "test.npz") as f:

@@ -1,4 +1,4 @@
-"""`l2lab tune` end to end: a real Optuna study (its journal file), real DVC experiments on the queue, real MLflow."""
+"""`l2lab tune` end to end: a real Optuna study (its journal file), real workers and DVC experiments, real MLflow."""
 
 from __future__ import annotations
 
@@ -15,31 +15,11 @@ from optuna.trial import TrialState
 from l2lab.studies import PRUNED_TAG, STUDY_TAG, TRIAL_TAG
 from l2lab.tracking.runs import PARENT_TAG
 from l2lab.tracking.store import EXPERIMENT
-from project import assert_no_workers_left, clone_project, ctrl_c_once_a_point_trains, env, run, set_params
+from project import ctrl_c_once_a_point_trains, env, run, workers_of
 
 pytestmark = pytest.mark.e2e
 
 EPOCHS = 3
-
-
-@pytest.fixture
-def bare(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> Path:
-    """The clone pointed at the test archive, its data not yet made: for tunes refused before they start."""
-    repo = clone_project(tmp_path / "repo")
-    set_params(repo, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256,
-               data__val_size=50, train__epochs=EPOCHS)
-    run(repo, "git", "commit", "-qam", "point at the test archive")
-    return repo
-
-
-@pytest.fixture
-def project(bare: Path) -> Path:
-    repo = bare
-    run(repo, "dvc", "repro", "preprocess")  # the data first: four first points would race in DVC's run-cache
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "data")
-    yield repo
-    run(repo, "dvc", "queue", "stop", "--kill", check=False)
 
 
 def study_of(project: Path, name: str) -> optuna.Study:
@@ -51,17 +31,18 @@ def study_of(project: Path, name: str) -> optuna.Study:
 
 def test_a_tune_runs_every_trial_as_an_experiment_and_a_run_and_prunes(project: Path) -> None:
     tuned = run(project, "l2lab", "tune", "--trials", "4", "--jobs", "2", "--seed", "3", "--sampler", "random", "--pruner", "median",
-                "--space", "train.learning_rate=log:1e-5:3e-2", "--space", "train.l2=log:1e-6:1e-2")
+                "--space", "train.learning_rate=log:1e-5:3e-2", "--space", "train.l2=log:1e-6:1e-2",
+                "-S", f"train.epochs={EPOCHS}")
     tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", tuned.stderr).group(1)
     study = study_of(project, tune_id)
     trials = study.get_trials()
     assert len(trials) == 4 and {t.number for t in trials} == {0, 1, 2, 3}
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    # Seed 3 draws trial 3 a learning rate of 2.7e-5: near chance at epoch 2. It waits in the queue while two
-    # trials run and starts when the second of trials 0 to 2 ends: two have finished far above it by then (the
-    # median pruner waits for two), in whichever order the workers end them. Trial 2 (learning rate 0.013,
-    # 0.26) is pruned only when the second trial finished before its epoch 2.
+    # Seed 3 draws trial 3 a learning rate of 0.0127 (each draw is seeded by the seed plus its number): 0.24 at
+    # epoch 2, below the median of trials 0 and 1, which had both ended by then (a worker asks for its next trial
+    # once it has told the last one's end; the median pruner waits for two). Trial 2 (5.9e-5) is pruned only when
+    # trial 1 ended before trial 2's epoch 2.
     assert 3 in {t.number for t in pruned} <= {2, 3}
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -74,7 +55,7 @@ def test_a_tune_runs_every_trial_as_an_experiment_and_a_run_and_prunes(project: 
     shown = run(project, "dvc", "exp", "show", "--json").stdout
     for trial in trials:
         child = children[trial.user_attrs["mlflow_run_id"]]
-        name = trial.user_attrs["dvc_experiment"]
+        name = trial.user_attrs["point"]
         assert child.info.run_name == name and child.data.tags["dvc.exp_name"] == name and name in shown
         assert name.startswith(f"t{trial.number:03d}_learning_rate=") and name.endswith(tune_id)
         assert child.data.tags[TRIAL_TAG] == str(trial.number) and child.data.tags[STUDY_TAG] == tune_id
@@ -125,7 +106,6 @@ def test_a_bad_space_is_one_error_line_before_anything_starts(bare: Path) -> Non
         lines = tuned.stderr.strip().splitlines()
         assert len(lines) == 1 and "error: " in lines[0] and message in lines[0], tuned.stderr
     assert not (project / "mlflow.db").exists() and not (project / "optuna.journal").exists()
-    assert "No experiment tasks in the queue" in run(project, "dvc", "queue", "status").stdout
 
 
 @pytest.mark.slow
@@ -148,18 +128,21 @@ def test_a_study_name_that_exists_is_one_error_line_before_anything_starts(bare:
 
     optuna.create_study(study_name=taken, storage=JournalStorage(JournalFileBackend(str(project / "optuna.journal"))))
     # The id's random part makes this a one-in-16-million draw in the same second: fix the draw to force it.
-    code = ("import l2lab.sweeps.tune as tune; "
-            f"tune.new_sweep_id = lambda kind: {taken!r}; "
+    code = ("import l2lab.sweeps.grid as grid; "
+            f"grid.new_sweep_id = lambda kind: {taken!r}; "
             "from l2lab.cli import main; "
             "main(['tune', '--trials', '2', '--space', 'train.l2=log:1e-6:1e-1'])")
     tuned = subprocess.run([sys.executable, "-c", code], cwd=project, env=env(), capture_output=True, text=True)
     assert tuned.returncode == 1 and "Traceback" not in tuned.stderr
     lines = tuned.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(
-        f"error: a study named {taken} already exists in {project / 'optuna.journal'}; run again"), tuned.stderr
+        f"error: the sweep storage already holds a study named {taken!r}: start the sweep again (a new id is drawn "
+        "each time)"), tuned.stderr
     assert not (project / "mlflow.db").exists()  # no parent run left behind
-    assert [s.study_name for s in study_of(project, taken)._storage.get_all_studies()] == [taken]
-    assert "No experiment tasks in the queue" in run(project, "dvc", "queue", "status").stdout
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    assert optuna.get_all_study_names(JournalStorage(JournalFileBackend(str(project / "optuna.journal")))) == [taken]
 
 
 @pytest.mark.fault
@@ -167,7 +150,7 @@ def test_ctrl_c_of_a_tune_stops_its_trials_and_fails_them(project: Path) -> None
     status, stderr = ctrl_c_once_a_point_trains(project, "l2lab", "tune", "--trials", "4", "--jobs", "1",
                                                 "--space", "train.l2=log:1e-6:1e-1", "-S", "train.epochs=200")
     assert status == 130, stderr
-    assert "interrupted: " in stderr and "removed from the queue: " in stderr
+    assert "stopped; its run ended KILLED" in stderr
     tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", stderr).group(1)
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -175,10 +158,9 @@ def test_ctrl_c_of_a_tune_stops_its_trials_and_fails_them(project: Path) -> None
     (parent,) = client.search_runs([experiment], "tags.`l2lab.role` = 'sweep'")
     children = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     assert parent.info.status == "KILLED"
-    assert sorted(r.info.status for r in children) == ["KILLED"] * 2  # the training one and the one queued behind
+    assert [r.info.status for r in children] == ["KILLED"]  # the one training (one worker draws one at a time)
     trials = study_of(project, tune_id).get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # none left RUNNING for a sampler to wait on
-    assert sorted(t.user_attrs["mlflow_run_id"] for t in trials) == sorted(r.info.run_id for r in children)
-    status = run(project, "dvc", "queue", "status").stdout
-    assert "Queued" not in status and "Running" not in status, status
-    assert_no_workers_left(project)
+    # The study agrees with MLflow: the interrupted trial FAIL, none COMPLETE, none left RUNNING.
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert [t.user_attrs["mlflow_run_id"] for t in trials] == [r.info.run_id for r in children]
+    assert workers_of(project) == []

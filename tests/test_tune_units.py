@@ -8,9 +8,9 @@ import optuna
 import pytest
 
 from l2lab.errors import L2labError
-from l2lab.studies import PRUNER_ATTR, STUDY_TAG, TRIAL_ID_TAG, make_pruner, make_sampler, open_storage, trial_link
+from l2lab.studies import PRUNER_ATTR, STUDY_TAG, TRIAL_TAG, make_pruner, make_sampler, open_storage, trial_link
 from l2lab.sweeps.grid import trial_name, value_text
-from l2lab.sweeps.tune import parse_space
+from l2lab.sweeps.space import parse_space
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -77,13 +77,10 @@ def test_the_train_stage_reporter_tells_the_trial_and_relays_the_pruner(tmp_path
         study.tell(finished, value)
     trial = study.ask()
     assert trial_link({"mlflow.runName": "not a trial"}) is None
-    link = trial_link({STUDY_TAG: "tune-x", TRIAL_ID_TAG: str(trial._trial_id)})
+    link = trial_link({STUDY_TAG: "tune-x", TRIAL_TAG: str(trial.number)})
     assert link.report(1, 0.1) is False  # never at epoch 1
     assert link.report(2, 0.1) is True  # below the median (0.55) at epoch 2
-    link.finish(pruned=True, val_accuracy=0.1)
     reloaded = optuna.load_study(study_name="tune-x", storage=open_storage(str(journal)))
     assert reloaded.trials[trial.number].intermediate_values == {1: 0.1, 2: 0.1}
-    assert reloaded.trials[trial.number].state == optuna.trial.TrialState.PRUNED
-    other = trial_link({STUDY_TAG: "tune-x", TRIAL_ID_TAG: str(study.ask()._trial_id)})
-    other.finish(pruned=False, val_accuracy=0.7)
-    assert optuna.load_study(study_name="tune-x", storage=open_storage(str(journal))).best_value == 0.7
+    # How the trial ended is its worker's to tell, once the point's experiment is saved: still running here.
+    assert reloaded.trials[trial.number].state == optuna.trial.TrialState.RUNNING

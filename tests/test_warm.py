@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from l2lab.warm import ENV
 from l2lab.warm_server import warm_server
-from project import clone_project, env, run, set_params
+from project import env, run, set_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(sys.platform != "linux", reason="warm stages are Linux-only")]
 
@@ -29,12 +29,10 @@ TRAIN = ["python", "-m", "l2lab.stages.train", "--data-dir", "data/processed", "
 
 
 @pytest.fixture
-def project(tmp_path: Path, small_archive: Path, small_archive_sha256: str) -> Path:
-    repo = clone_project(tmp_path / "repo")
-    set_params(repo, data__url=small_archive.as_uri(), data__sha256=small_archive_sha256, data__val_size=50,
-               train__epochs=2)
-    run(repo, "git", "commit", "-qam", "point at the test archive")
-    return repo
+def project(bare: Path) -> Path:
+    set_params(bare, train__epochs=2)
+    run(bare, "git", "commit", "-qam", "two epochs")
+    return bare
 
 
 def results(project: Path) -> tuple[dict, list[dict]]:

@@ -1,5 +1,5 @@
 """The `l2lab` command: `l2lab sweep` runs a grid of DVC experiments, `l2lab tune` an Optuna search of them,
-`l2lab report` sums one up."""
+`l2lab worker` runs their points, `l2lab report` sums one up."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ log = logging.getLogger("l2lab")
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="l2lab", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
-    sweep = sub.add_parser("sweep", help="queue a grid as DVC experiments and run it")
+    sweep = sub.add_parser("sweep", help="run a grid, every point a DVC experiment and an MLflow run")
     sweep.add_argument("--l2", help="comma-separated lambdas, e.g. 0,1e-5,1e-4,1e-3,1e-2")
     sweep.add_argument("--l1", help="comma-separated L1 lambdas")
     sweep.add_argument("--weight-decay", help="comma-separated decoupled weight decays")
@@ -30,9 +30,10 @@ def parser() -> argparse.ArgumentParser:
                        help="any params.yaml key as an axis, numbers or names, e.g. --grid train.learning_rate="
                        "3e-4,1e-3 --grid train.optimizer=adam,sgd (repeatable; grids multiply)")
     sweep.add_argument("--jobs", "-j", type=int, default=2,
-                       help="parallel queue workers (default 2: faster than 1 on 2 cores, see docs/performance.md)")
-    sweep.add_argument("--storage", help="team mode: enqueue the grid for `l2lab worker`s in this Optuna "
-                       "database (postgresql+psycopg2://…; default $L2LAB_STORAGE) instead of the local DVC queue")
+                       help="workers on this machine (default 2: faster than 1 on 2 cores, see docs/performance.md)")
+    sweep.add_argument("--storage", help="the sweep's Optuna storage: a file (default $L2LAB_STORAGE, else "
+                       "optuna.journal beside mlflow.db), or a database URL (postgresql+psycopg2://…): team mode, "
+                       "`l2lab worker`s on any machine run the points")
     sweep.add_argument("-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                        help="params.yaml override for every point, as for dvc exp run -S")
     tune = sub.add_parser("tune", help="an Optuna search (sampler and pruner): every trial a DVC experiment and an "
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
                       help="Optuna's sampler (default tpe; gp needs PyTorch and SciPy)")
     tune.add_argument("--pruner", choices=["hyperband", "median", "none"], default="hyperband",
                       help="stops poor trials early, from their val_accuracy after each epoch (default hyperband)")
-    tune.add_argument("--jobs", "-j", type=int, default=2, help="trials at once, one queue worker each (default 2)")
+    tune.add_argument("--jobs", "-j", type=int, default=2, help="trials at once, one worker each (default 2)")
     tune.add_argument("--seed", type=int, default=None, help="the sampler's seed: with --jobs 1, the same trials again")
     tune.add_argument("--storage", help="the study's Optuna storage: a file (default $L2LAB_STORAGE, else "
                       "optuna.journal beside mlflow.db), or a database URL: team mode, `l2lab worker`s run the trials")
@@ -54,9 +55,11 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="table, plots and champion of a sweep or a tune")
     report.add_argument("--sweep", help="sweep id (default: the latest)")
     report.add_argument("--out", type=Path, default=None, help="folder for the report files (default reports/sweep)")
-    worker = sub.add_parser("worker", help="team mode: run team sweeps' points from this clone until none is left")
-    worker.add_argument("--storage", help="the sweeps' Optuna database (default $L2LAB_STORAGE)")
-    worker.add_argument("--sweep", help="take points of this sweep only (default: any team sweep)")
+    worker = sub.add_parser("worker", help="run sweeps' points from this repository until none is left (team mode: "
+                            "from a clone of its own, on any machine)")
+    worker.add_argument("--storage", help="the sweeps' Optuna storage (default $L2LAB_STORAGE, else optuna.journal)")
+    worker.add_argument("--sweep", help="take points of this sweep only (default: any sweep)")
+    worker.add_argument("--checkout", type=Path, help=argparse.SUPPRESS)  # the worktree its sweep made for it
     team = sub.add_parser("team", help="a local team stack for trying team mode: PostgreSQL, S3, mlflow server")
     team.add_argument("action", choices=["up", "down"])
     team.add_argument("--dir", type=Path, default=Path(".team"), help="its data, logs and env file (default .team)")
@@ -71,8 +74,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from l2lab.sweeps.grid import AXES, parse_grid, parse_sets, parse_values
     from l2lab.studies import storage_url
+    from l2lab.sweeps.grid import AXES, parse_grid, parse_sets, parse_values, plan
 
     axes = {key: parse_values(f"--{opt.replace('_', '-')}", getattr(args, opt))
             for opt, key in AXES.items() if getattr(args, opt)}
@@ -86,71 +89,75 @@ def sweep_command(args: argparse.Namespace) -> int:
     if args.versus_adamw and ("train.l2" not in axes or "train.weight_decay" in axes):
         raise L2labError("--versus-adamw pairs each --l2 lambda with its matched weight decay: give --l2, "
                          "and no --weight-decay")
-    if args.jobs < 1:
-        raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
-    storage = storage_url(args.storage)
-    if storage:
-        from l2lab.team.sweep import run_team_sweep
-
-        sweep = run_team_sweep(axes, parse_sets(args.sets), Path.cwd(), storage, args.versus_adamw)
-    else:
-        from l2lab.sweeps.grid import plan
-        from l2lab.warm_server import warm_server
-
-        fixed = parse_sets(args.sets)
-        planned = plan(axes, fixed, Path.cwd(), args.versus_adamw)  # every point's params checked before anything starts
-        with warm_server(Path.cwd()):  # its imports (TensorFlow: 6 s on 2 cores) overlap this process's (MLflow, DVC)
-            from l2lab.sweeps.local import run_sweep
-
-            sweep = run_sweep(planned, axes, fixed, args.jobs, Path.cwd(), args.versus_adamw)
-    return report_and_status(sweep, bool(storage), "points")
+    check_jobs(args.jobs)
+    fixed = parse_sets(args.sets)
+    sweep_id, points, epochs = plan(axes, fixed, Path.cwd(), args.versus_adamw)  # every point checked before any work
+    return run_sweep(args, storage_url(args.storage), sweep_id, "points", points=points, epochs=epochs, axes=axes,
+                     fixed=fixed, versus_adamw=args.versus_adamw)
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    from l2lab.sweeps.grid import parse_sets
     from l2lab.studies import storage_url
-    from l2lab.sweeps.tune import parse_space, run_tune
+    from l2lab.sweeps.grid import new_sweep_id, parse_sets
+    from l2lab.sweeps.space import check_choices, parse_space, tune_epochs
 
-    if args.jobs < 1:
-        raise L2labError(f"--jobs must be at least 1, got {args.jobs}")
+    check_jobs(args.jobs)
     fixed = parse_sets(args.sets)
     space = parse_space(args.space, Path.cwd() / "params.yaml", fixed)
-    storage = storage_url(args.storage)
-    team = bool(storage and "://" in storage)  # a database: team mode, `l2lab worker`s run the trials
-    if team:
-        from l2lab.sweeps.tune import check_choices, tune_epochs
-        from l2lab.team.sweep import run_team_tune
+    check_choices(args.trials, args.sampler, args.pruner)
+    from l2lab.sweeps.run import Tune
 
-        check_choices(args.trials, args.sampler, args.pruner)
-        tune = run_team_tune({k: d.distribution() for k, d in space.items()}, fixed, args.trials,
-                             tune_epochs(Path.cwd(), fixed), Path.cwd(), storage, args.sampler, args.pruner, args.seed,
-                             {k: d.text for k, d in space.items()})
-    else:
-        tune = run_tune(space, fixed, args.trials, args.jobs, Path.cwd(), args.sampler, args.pruner, args.seed, storage)
-    return report_and_status(tune, team, "trials")
+    tune = Tune({k: d.distribution() for k, d in space.items()}, {k: d.text for k, d in space.items()}, args.trials,
+                args.sampler, args.pruner, args.seed, tune_epochs(Path.cwd(), fixed))
+    return run_sweep(args, storage_url(args.storage), new_sweep_id("tune"), "trials", points=[], epochs={}, axes={},
+                     fixed=fixed, tune=tune)
 
 
-def report_and_status(sweep, team: bool, what: str) -> int:
+def check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise L2labError(f"--jobs must be at least 1, got {jobs}")
+
+
+def run_sweep(args: argparse.Namespace, storage_url: str, sweep_id: str, what: str, **sweeping) -> int:
+    """Run a sweep or a tune from this repository's code (its workspace's snapshot, or in team mode its pushed
+    commit), report it, and return its exit status. Its study comes first: a name taken is one line, and a
+    start that fails before the study is open to workers leaves no study behind."""
+    from l2lab.studies import is_shared, open_storage
+    from l2lab.sweeps import trials
+    from l2lab.sweeps.checkout import sweep_code
+
+    storage = open_storage(storage_url)
+    study = trials.new_study(storage, sweep_id)
+    try:
+        with sweep_code(Path.cwd(), sweep_id, is_shared(storage_url)) as (code, place):
+            from l2lab.sweeps.run import Sweeping, run  # MLflow's imports, beside the warm server's
+
+            sweep = run(Sweeping(sweep_id, **sweeping), args.jobs, Path.cwd(), storage_url, storage, study, code, place)
+    except BaseException:
+        trials.drop_unopened(storage, study)
+        raise
+    return report_and_status(sweep, what)
+
+
+def report_and_status(sweep, what: str) -> int:
     """Print the sweep's (or tune's) report; 1 with one error line naming its failed points, else 0."""
-    from l2lab.sweeps.report import REPORT_DIR, make_report
+    from l2lab.sweeps.grid import REPORT_DIR
+    from l2lab.sweeps.report import make_report
 
     print_report(make_report(sweep, REPORT_DIR))
     failed = sorted(name for name, status in sweep.results.items() if status != "Success")
     if failed:
-        where = "the output of the workers that ran them" if team else "`dvc queue logs <name>`"
-        log.error("error: %d of %d %s failed: %s (see %s)", len(failed), len(sweep.results), what, ", ".join(failed), where)
+        log.error("error: %d of %d %s failed: %s (each one's output: %s/<name>.log, and its run's logs/)",
+                  len(failed), len(sweep.results), what, ", ".join(failed), REPORT_DIR / sweep.id / "logs")
         return 1
     return 0
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from l2lab.studies import STORAGE_ENV, storage_url
-    from l2lab.team.worker import work
+    from l2lab.studies import storage_url
+    from l2lab.sweeps.worker import work
 
-    storage = storage_url(args.storage)
-    if not storage:
-        raise L2labError(f"give the sweeps' database: --storage postgresql+psycopg2://… or {STORAGE_ENV}")
-    return 1 if work(storage, args.sweep, Path.cwd()) else 0
+    return 1 if work(storage_url(args.storage), args.sweep, Path.cwd(), args.checkout) else 0
 
 
 def team_command(args: argparse.Namespace) -> int:
@@ -176,7 +183,8 @@ def team_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from l2lab.sweeps.report import REPORT_DIR, find_sweep, make_report
+    from l2lab.sweeps.grid import REPORT_DIR
+    from l2lab.sweeps.report import find_sweep, make_report
 
     print_report(make_report(find_sweep(args.sweep), args.out or REPORT_DIR))
     return 0

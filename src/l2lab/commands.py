@@ -14,9 +14,10 @@ from l2lab.errors import L2labError
 RETRAIN = ("--force", "--downstream", "train")
 
 
-def checked(argv: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def checked(argv: list[str], what: str, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command; when it fails, raise with what it was and the last line it printed."""
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise L2labError(f"{what} failed: {last[0]}")

@@ -93,8 +93,8 @@ class TrainParams(_Section):
     epochs: int = Field(ge=1, le=10_000)
     # compute dtype; variables stay float32. mixed_float16 (NVIDIA GPUs) trains with dynamic loss scaling
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
-    # Added in 0.3.0 with defaults, so that a params.yaml without them trains as before (Adam, constant rate,
-    # no augmentation); params.yaml states them all.
+    # With defaults, so that a params.yaml without them trains Adam at a constant rate without augmentation;
+    # params.yaml states them all.
     optimizer: Literal["adam", "sgd"] = "adam"  # sgd: SGD with momentum; weight_decay > 0 makes it SGDW (AdamW for adam)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # sgd only
     nesterov: bool = True  # sgd only: Nesterov momentum

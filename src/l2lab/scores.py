@@ -24,8 +24,7 @@ def normalised(probs: np.ndarray) -> np.ndarray:
 def forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """What model.predict(x, batch_size=PREDICT_BATCH) computes, the same numbers: the same batches through
     the same call (model(batch, training=False), predict_step's), traced once for any batch size instead
-    of Keras's tf.data pipeline per call and a trace per new last-batch shape (the evaluate stage's three
-    splits: 0.7 s of its 2.2 s on 2 cores). A model compiled for XLA (Keras's jit_compile, on a GPU)
+    of Keras's tf.data pipeline per call and a trace per new last-batch shape. A model compiled for XLA (Keras's jit_compile, on a GPU)
     goes through model.predict itself, whose XLA clusters this one would not reproduce."""
     def keras_predict(x: np.ndarray) -> np.ndarray:
         return model.predict(x, batch_size=PREDICT_BATCH, verbose=0)
@@ -76,7 +75,7 @@ def per_class_rows(confusion: np.ndarray, classes: list[str]) -> list[dict[str, 
 
     The same numbers, to the last bit, as scikit-learn's classification_report with
     zero_division=0 (tests/test_scores.py checks it), without importing scikit-learn and
-    SciPy (about 1.2 s of the evaluate stage's start).
+    SciPy in the evaluate stage.
     """
     tp = np.diag(confusion)
     support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from l2lab.errors import L2labError, first_line
 from l2lab.process import stop_requested
-from l2lab.serving import MAX_IMAGES
+from l2lab.classifier import MAX_IMAGES
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,11 @@ log = logging.getLogger(__name__)
 
 STORAGE_ENV = "L2LAB_STORAGE"
 JOURNAL_NAME = "optuna.journal"  # the local studies, beside mlflow.db (git-ignored)
-HEARTBEAT_SECONDS = 5
-GRACE_SECONDS = 30  # a RUNNING trial without a heartbeat for this long is a dead worker's
-MAX_RETRIES = 3  # a point whose workers keep dying is retried this often, then left FAILED
 SCHEMA_TRIES = 3  # opening a fresh storage while another process creates its tables: tries before giving up
 
 # A tune's trial run carries these tags (set when its run is reserved): its study and trial.
 STUDY_TAG = "l2lab.study"
 TRIAL_TAG = "l2lab.trial"  # the trial's number in its study (0, 1, ...)
-TRIAL_ID_TAG = "l2lab.optuna_trial_id"  # its id in the storage, what optuna.trial.Trial takes
 PRUNED_TAG = "l2lab.pruned_at_epoch"  # on a pruned trial's run: the last epoch it trained
 PRUNER_ATTR = "l2lab.pruner"  # study user attribute: how to rebuild its pruner in the train stage
 TUNE_ATTR = "l2lab.tune_id"  # study user attribute: the study is an l2lab tune's (not a grid's queue)
@@ -33,9 +29,14 @@ SAMPLERS = ("tpe", "random", "gp")
 PRUNERS = ("hyperband", "median", "none")
 
 
-def storage_url(given: str | None) -> str | None:
-    """--storage, else L2LAB_STORAGE; None: the local DVC queue (for tunes: the local journal file)."""
-    return given or os.environ.get(STORAGE_ENV) or None
+def storage_url(given: str | None) -> str:
+    """--storage, else L2LAB_STORAGE, else the repository's journal file (local_journal)."""
+    return given or os.environ.get(STORAGE_ENV) or str(local_journal())
+
+
+def is_shared(url: str) -> bool:
+    """A database (team mode: workers on other machines) rather than this machine's journal file."""
+    return "://" in url
 
 
 def local_journal() -> Path:
@@ -46,29 +47,20 @@ def local_journal() -> Path:
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced, fit for logs and errors; a journal file's path as it is."""
-    from sqlalchemy.engine import make_url
+    """The storage's URL without its password, fit for logs and errors; a journal file's path as it is."""
+    from l2lab.params import redact_url
 
-    if "://" not in url:  # a path: open_storage's journal file, nothing secret in it
-        return url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a database URL at all: show its scheme only
-        return url.split(":", 1)[0] + ":…"
+    return redact_url(url) if is_shared(url) else url
 
 
 def open_storage(url: str):
-    """Optuna's storage: a database URL (RDB, with heartbeats and retries of dead workers' trials), or a
-    file path: Optuna's journal file, which several processes on one machine may write at once."""
-    import warnings
-
+    """Optuna's storage: a database URL (team mode), or a file path: Optuna's journal file, which several
+    processes on one machine may write at once."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats and their retry callback are marked experimental (since Optuna 2.8); said once per call otherwise.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if "://" not in url:
+    if not is_shared(url):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
@@ -78,8 +70,7 @@ def open_storage(url: str):
             raise L2labError(f"cannot open the study journal {url}: {exc.strerror or exc}") from None
     for attempt in range(SCHEMA_TRIES):
         try:
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+            return RDBStorage(url)
         except Exception as exc:  # SQLAlchemy/psycopg2 errors: unreachable, bad password, no such database
             first = first_line(exc) or type(exc).__name__
             if _creating_elsewhere(exc) and attempt < SCHEMA_TRIES - 1:
@@ -130,38 +121,27 @@ def make_pruner(name: str, epochs: int, startup: int = 2) -> Any:
 
 
 class TrialLink:
-    """A tune trial as its train stage sees it: report(epoch, val_accuracy) tells the trial and returns
-    whether its pruner says stop; finish() tells the trial how training ended, before evaluate runs and
-    before the DVC worker takes the next trial, so the sampler and pruner never wait on DVC."""
+    """A tune trial as its train stage sees it: report(epoch, val_accuracy) tells the trial and returns whether
+    its pruner says stop. How the trial ended is told by its worker, once the point's experiment is saved."""
 
-    def __init__(self, study: Any, trial: Any) -> None:
-        self.study, self.trial = study, trial
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
 
     def report(self, epoch: int, val_accuracy: float) -> bool:
         self.trial.report(val_accuracy, epoch)
         return bool(self.trial.should_prune())
 
-    def finish(self, pruned: bool, val_accuracy: float) -> None:
-        """The objective is the last epoch's val_accuracy (validation, never test); a pruned trial is PRUNED."""
-        from optuna.trial import TrialState
 
-        if pruned:
-            self.study.tell(self.trial, state=TrialState.PRUNED)
-        else:
-            self.study.tell(self.trial, val_accuracy)
+def trial_tags(study_name: str, number: int) -> dict[str, str]:
+    """The tags a tune trial's run is made with: how its train stage finds its trial (trial_link)."""
+    return {STUDY_TAG: study_name, TRIAL_TAG: str(number)}
 
 
-def trial_tags(study_name: str, number: int, trial_id: int) -> dict[str, str]:
-    """The tags a tune trial's run is reserved with: how its train stage finds its trial (trial_link)."""
-    return {STUDY_TAG: study_name, TRIAL_TAG: str(number), TRIAL_ID_TAG: str(trial_id)}
-
-
-def load_tune_study(name: str) -> Any:
-    """A tune's study by name, from L2LAB_STORAGE (which `l2lab tune` sets for its queue workers; team mode's
-    database), else the repository's journal file."""
+def load_study(name: str, storage: str | Path | None = None) -> Any:
+    """A study by name, from storage, else L2LAB_STORAGE (team mode's database), else the repository's journal."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=open_storage(storage_url(None) or str(local_journal())))
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage or storage_url(None))))
 
 
 def trial_link(tags: dict[str, str]) -> TrialLink | None:
@@ -170,6 +150,9 @@ def trial_link(tags: dict[str, str]) -> TrialLink | None:
         return None
     import optuna
 
-    study = load_tune_study(tags[STUDY_TAG])
+    storage = open_storage(storage_url(None))
+    study = optuna.load_study(study_name=tags[STUDY_TAG], storage=storage)
     study.pruner = make_pruner(**study.user_attrs[PRUNER_ATTR])
-    return TrialLink(study, optuna.trial.Trial(study, int(tags[TRIAL_ID_TAG])))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(tags[STUDY_TAG]),
+                                                               int(tags[TRIAL_TAG]))
+    return TrialLink(optuna.trial.Trial(study, trial_id))

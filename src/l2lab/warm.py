@@ -1,6 +1,6 @@
-"""Warm stages, the stage's side: a sweep starts one process that has imported TensorFlow, Keras and
-MLflow once (l2lab.warm_server) and forks a fresh child for every train or evaluate stage its points run,
-so that no point pays those imports (about 5 s per stage on 2 cores, docs/performance.md).
+"""Warm stages, the stage's side: a sweep (or a worker of its own) starts one process that has imported
+TensorFlow, Keras and MLflow once (l2lab.warm_server) and forks a fresh child for every train or evaluate
+stage its points run, so that no point pays those imports (docs/performance.md has their cost).
 
 The stage's command stays the one dvc.yaml gives (`python -m l2lab.stages.train ...`); its main() first
 asks the server that $L2LAB_WARM_SERVER names to run it (`hand_over`), passing its own stdin, stdout

@@ -184,7 +184,7 @@ def preload() -> None:
     import l2lab.devices  # noqa: F401
     import l2lab.fit  # noqa: F401
     import l2lab.scores  # noqa: F401
-    import l2lab.serving  # noqa: F401
+    import l2lab.classifier  # noqa: F401
     import l2lab.stages.evaluate  # noqa: F401
     import l2lab.stages.train  # noqa: F401
     import l2lab.studies  # noqa: F401
@@ -259,8 +259,8 @@ def main() -> None:
         server.serve(parent)
     finally:
         args.socket.unlink(missing_ok=True)
-    # Served, no stage running, nothing left to write: skip the interpreter's teardown of TensorFlow
-    # (2 s on 2 cores), which the sweep would wait for before its report.
+    # Served, no stage running, nothing left to write: skip the interpreter's teardown of TensorFlow,
+    # which the sweep would wait for before its report.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

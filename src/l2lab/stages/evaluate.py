@@ -6,7 +6,7 @@ from __future__ import annotations
 from l2lab.warm import hand_over
 
 if __name__ == "__main__":  # DVC ran the stage: a sweep's warm server runs it instead, when there is one
-    hand_over("l2lab.stages.evaluate")  # (l2lab.warm), before the imports below (numpy, pydantic: 0.25 s)
+    hand_over("l2lab.stages.evaluate")  # (l2lab.warm), before the imports below: the server has them
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -42,7 +42,7 @@ class EvalPaths:
 
 def evaluate(paths: EvalPaths) -> dict:
     """Score the saved model on all three splits, write metrics and plots, log to the training run."""
-    # TensorFlow, scikit-learn and MLflow load here, not at the top: main() imports TensorFlow quietly first.
+    # TensorFlow, pandas and MLflow load here, not at the top: main() imports TensorFlow quietly first.
     import keras
     import pandas as pd
 

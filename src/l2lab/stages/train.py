@@ -6,7 +6,7 @@ from __future__ import annotations
 from l2lab.warm import hand_over
 
 if __name__ == "__main__":  # DVC ran the stage: a sweep's warm server runs it instead, when there is one
-    hand_over("l2lab.stages.train")  # (l2lab.warm), before the imports below (numpy, pydantic: 0.25 s)
+    hand_over("l2lab.stages.train")  # (l2lab.warm), before the imports below: the server has them
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -58,10 +58,8 @@ def train(params: Params, paths: TrainPaths) -> str:
         if trial is not None:
             callbacks.append(pruning := StopWhen(trial.report, params.train.epochs))
         model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), callbacks)
-        if trial is not None:
-            if pruning.stopped_at is not None:  # it keeps its model, history and metrics
-                run.set_tags({PRUNED_TAG: str(pruning.stopped_at)})
-            trial.finish(pruning.stopped_at is not None, history["val_accuracy"][-1])
+        if trial is not None and pruning.stopped_at is not None:  # it keeps its model, history and metrics
+            run.set_tags({PRUNED_TAG: str(pruning.stopped_at)})
         import pandas as pd  # after training: the loop itself never needs it (l2lab.imports)
 
         run.log_table(pd.DataFrame(histograms.rows), HISTOGRAMS)

@@ -1,33 +1,18 @@
-"""Following a sweep to its end: poll its points' states, log progress, hand each finished point on."""
+"""Following a sweep to its end: read its study, hand lost workers' points to others, log progress."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from l2lab.errors import L2labError
-from l2lab.sweeps.grid import Point
+from l2lab.sweeps import trials
+from l2lab.sweeps.grid import POLL_SECONDS
 
 log = logging.getLogger(__name__)
 
-
-POLL_SECONDS = 5.0  # between reads of DVC's queue (each opens the repo: about 0.3 s of a core)
-SETTLE_SECONDS = 0.5  # between the cheap checks that end a wait early (settled)
-
-
-STALLED_POLLS = 6  # polls with nothing running and no worker alive before a sweep gives up
-
-
-RESTARTS = 3  # times a sweep starts the queue's workers again when they left with its points still queued
-
-
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while points run
-
-
-DONE = ("Success", "Failed")
 
 
 @dataclass(frozen=True)
@@ -54,75 +39,36 @@ def progress_line(done: int, total: int, failed: int, running: dict[str, Progres
     return line
 
 
-AGAIN = "Queued again"  # what on_done returns for a point it put back in the queue
+def follow(storage: Any, study: Any, total: int, progress: Callable[[Any], Progress],
+           keep: Callable[[int], None] = lambda needed: None) -> dict[str, str]:
+    """Read the study until total points have ended; return point name -> Success/Failed.
 
-
-def wait(points: list[Point], cwd: Path, on_done: Callable[[str, str], str | None],
-         read_state: Callable[[Path], tuple[dict[str, str], int]],
-         progress: Callable[[str], Progress] = lambda name: Progress(0, 0, None),
-         settled: Callable[[], bool] = lambda: False, total: int | None = None,
-         restart: Callable[[], None] | None = None) -> dict[str, str]:
-    """Poll the queue until every point is done; call on_done(name, status) once for each.
-
-    on_done returns the point's final status (None: the queue's), or AGAIN when it queued
-    the point again: it is then followed until it is done once more.
-
-    Logs a progress line whenever the counts change and at least every PROGRESS_SECONDS
-    while points run, with each running point's epoch (from progress(name)). A running
-    point is alive whatever the worker count says (DVC can report 0 workers while a
-    task runs); the sweep gives up only when none of its points runs and no worker is
-    left for STALLED_POLLS polls in a row. Between two reads of the queue it waits
-    POLL_SECONDS, or less once settled() says that nothing is left running (the last
-    points' runs have ended, and DVC is committing them): the sweep's end is not held
-    back by a poll.
-
-    restart() starts the workers again (`dvc queue start`), up to RESTARTS times, when none
-    is alive, none of the points runs and some are still queued: a DVC worker checks every
-    10 s whether it has work, and one that checks in the moment between taking a point and
-    the next being queued (a tune queues its next trial when one ends) leaves after the point
-    it holds, with the next one still in the queue.
-
-    on_done may append points to the list (a tune asks for its next trial when one ends): they are followed
-    too, until total (default: the points given) are done.
+    Each read first fails the trials whose worker is gone and queues their points again
+    (trials.reap: within a read of a local worker's end, GRACE_SECONDS of a remote one's
+    silence), then calls keep(needed) with how many points wait for a worker (this machine's
+    workers are kept going, l2lab.sweeps.run). A progress line whenever the counts change and
+    at least every PROGRESS_SECONDS while points run, with each running point's epoch
+    (progress(trial)).
     """
     seen: dict[str, str] = {}
     last_counts, last_logged, started = "", 0.0, time.monotonic()
-    idle_polls, restarts = 0, 0
-    total = total if total is not None else len(points)
-    while len(seen) < total:
-        names = [p.name for p in points]
-        states, workers = read_state(cwd)
-        for name in names:
-            status = states.get(name)
-            if name not in seen and status in DONE:
-                final = on_done(name, status) or status
-                if final != AGAIN:
-                    seen[name] = final
-        names = [p.name for p in points]
-        running = sum(states.get(n) == "Running" for n in names)
-        stalled = len(seen) < len(names) and running == 0 and workers == 0
-        queued = [n for n in names if n not in seen and states.get(n) == "Queued"]
-        if stalled and queued and restart is not None and restarts < RESTARTS:
-            restarts += 1
-            log.warning("the DVC queue's workers left with %d point(s) still queued (%s): starting them again",
-                        len(queued), ", ".join(queued))
-            restart()
-            stalled = False
-        idle_polls = idle_polls + 1 if stalled else 0
-        if idle_polls > STALLED_POLLS:
-            left = [n for n in names if n not in seen]
-            raise L2labError(f"the DVC queue has no workers left but {len(left)} point(s) are not done "
-                             f"({', '.join(left)}); run `dvc queue start`, then `l2lab report`")
+    while True:
+        trials.reap(storage, study)
+        everything = study.get_trials(deepcopy=False)
+        latest = trials.latest_tries(everything)
+        for name, trial in latest.items():
+            if name not in seen and trial.state.is_finished():
+                seen[name] = trials.STATES[trial.state.name]
+                log.info("%s: %s%s", name, seen[name], " (pruned)" if trial.state.name == "PRUNED" else "")
+        waiting = sum(t.state.name == "WAITING" for t in latest.values())
+        keep(waiting + max(0, total - len(latest)) if trials.is_tune(study) else waiting)
+        running = {name: t for name, t in latest.items() if t.state.name == "RUNNING"}
         failed = sum(s == "Failed" for s in seen.values())
-        counts = f"{len(seen)}/{failed}/{running}"
-        now = time.monotonic()
+        counts, now = f"{len(seen)}/{failed}/{len(running)}", time.monotonic()
         if counts != last_counts or (running and now - last_logged >= PROGRESS_SECONDS):
-            live = {n: progress(n) for n in names if states.get(n) == "Running"}
-            log.info("sweep progress: %s", progress_line(len(seen), total, failed, live, now - started))
+            shown = {name: progress(t) for name, t in running.items()}
+            log.info("sweep progress: %s", progress_line(len(seen), total, failed, shown, now - started))
             last_counts, last_logged = counts, now
-        if len(seen) < total:
-            deadline, step = time.monotonic() + POLL_SECONDS, min(SETTLE_SECONDS, POLL_SECONDS)
-            time.sleep(step)
-            while time.monotonic() < deadline and not settled():
-                time.sleep(step)
-    return seen
+        if len(seen) >= total:
+            return seen
+        time.sleep(POLL_SECONDS)

@@ -16,6 +16,16 @@ from ruamel.yaml import YAML
 from l2lab.errors import L2labError
 from l2lab.params import Params, ParamsError, load_params, parse_params
 
+REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/, its points' output to logs/
+POLL_SECONDS = 2.0  # between reads of a sweep's study: by the sweep that follows it, and by idle workers
+KEY = re.compile(r"[A-Za-z_]\w*\.[A-Za-z_]\w*")  # a params.yaml key as options give it: section.name
+
+
+def logs_dir(repo: Path, sweep_id: str) -> Path:
+    """Where a sweep's points' output goes: one file per point, each try appended."""
+    return repo / REPORT_DIR / sweep_id / "logs"
+
+
 # What a sweep may vary: its command-line option -> the params.yaml key it sets.
 AXES = {"l2": "train.l2", "l1": "train.l1", "weight_decay": "train.weight_decay", "seeds": "train.seed"}
 L2, WEIGHT_DECAY, SEED = AXES["l2"], AXES["weight_decay"], AXES["seeds"]
@@ -62,7 +72,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         key, sep, text = item.partition("=")
         key = key.strip()
         option = f"--grid {item}"
-        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*\.[A-Za-z_][\w]*", key):
+        if not sep or not KEY.fullmatch(key):
             raise L2labError(f"{option}: expected section.key=v1,v2,..., e.g. --grid train.learning_rate=3e-4,1e-3")
         if key in axes:
             raise L2labError(f"{option}: {key} is already a grid axis; give its values once")

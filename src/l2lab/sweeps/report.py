@@ -19,12 +19,11 @@ from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
 from l2lab.tracking.runs import HISTOGRAMS
-from l2lab.tracking.sweeps import (axis_value, latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus,
+from l2lab.tracking.sweep_runs import (axis_value, latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus,
                                    table_artifact, tune_space)
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/
 AXES = tuple(GRID_AXES.values())  # the params.yaml keys a sweep may vary; SEED is one of repeats, not of the plots
 PENALTY, STRENGTH = "penalty", "l2_equivalent"  # the keys of a --versus-adamw report
 COLUMNS = {  # report column -> MLflow metric
@@ -319,10 +318,10 @@ def tune_figures(study_name: str, folder: Path) -> list[str]:
     import optuna.visualization.matplotlib as plots
 
     from l2lab.imports import pyplot
-    from l2lab.studies import load_tune_study
+    from l2lab.studies import load_study
 
     try:
-        study = load_tune_study(study_name)
+        study = load_study(study_name)
     except (KeyError, L2labError) as exc:
         log.warning("the tune's Optuna study %s was not found (%s): its Optuna plots are left out", study_name, exc)
         return []

@@ -10,11 +10,10 @@ from l2lab.errors import L2labError
 from l2lab.tracking.store import tracking_uri
 
 
-def check_clone(clone: Path, dirty: str = "a worker checks out each sweep's commit: run it in a clone of its own"
-                ) -> None:
-    """A clone for team mode: no uncommitted changes to tracked files (dirty says why that matters),
-    a git remote named origin and a default DVC remote (where experiments and outputs go)."""
-    if git("status", "--porcelain", "--untracked-files=no", cwd=clone):
+def check_clone(clone: Path, dirty: str | None = None) -> None:
+    """A clone for team mode: a git remote named origin and a default DVC remote (where experiments and
+    outputs go); with dirty (why that matters), no uncommitted changes to tracked files."""
+    if dirty and git("status", "--porcelain", "--untracked-files=no", cwd=clone):
         raise L2labError(f"{clone} has uncommitted changes; {dirty}")
     if "origin" not in git("remote", cwd=clone).split():
         raise L2labError("no git remote named origin: team mode shares experiments through it (git remote add origin …)")
@@ -30,11 +29,6 @@ def check_shared_tracking(clone: Path) -> None:
     if not uri.startswith(("http://", "https://")):
         raise L2labError(f"team mode needs the team's MLflow tracking server, not {uri}: "
                          "set MLFLOW_TRACKING_URI=http(s)://… (l2lab team up prints it for the local stack)")
-
-
-def checkout(clone: Path, commit: str) -> None:
-    git("fetch", "-q", "origin", cwd=clone)
-    git("checkout", "-q", "--detach", commit, cwd=clone)
 
 
 def pushed_commit(cwd: Path) -> str:

@@ -389,7 +389,7 @@ def up(folder: Path = TEAM_DIR) -> Stack:
         start_s3(stack, folder)
         _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
         start_mlflow(stack, folder)
-        from l2lab.team.queue import open_storage
+        from l2lab.studies import open_storage
 
         open_storage(stack.database_uri("optuna"))  # Optuna's tables, made once here, not by two first sweeps at once
     except BaseException:
@@ -417,7 +417,7 @@ def down(folder: Path = TEAM_DIR, keep_logs: bool = False) -> None:
     """
     folder = folder.resolve()
     stack = load(folder)
-    # SeaweedFS's graceful stop takes 25 s (its filer's and volume server's drains); its data goes next
+    # SeaweedFS's graceful stop waits for its filer's and volume server's drains; its data goes next anyway
     for name, grace in (("mlflow", 20.0), ("s3", 3.0)):
         pid = stack.pids.get(name)
         if pid and _alive(pid):

@@ -29,5 +29,7 @@ def register_champion(store: Store, run_id: str) -> str:
 
 
 def log_report(store: Store, parent_id: str, folder: Path) -> None:
-    """Attach the report's files to the sweep's parent run, under report/."""
-    store.write(lambda: store.client.log_artifacts(parent_id, str(folder), artifact_path="report"))
+    """Attach the report's files to the sweep's parent run, under report/ (not its points' logs/: each point's
+    run holds its own)."""
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        store.write(lambda: store.client.log_artifact(parent_id, str(path), artifact_path="report"))

@@ -153,7 +153,7 @@ class Run:
         from mlflow.models import Model
 
         import l2lab
-        from l2lab.serving import EXPECTED, KERAS_ARTIFACT, Classifier
+        from l2lab.classifier import EXPECTED, KERAS_ARTIFACT, Classifier
 
         # Stated, not inferred: MLflow infers them by loading the model in a subprocess, a second
         # TensorFlow import in every run (docs/performance.md has its cost).

@@ -1,11 +1,12 @@
 """Run a command that must not outlive the worker that started it.
 
-`python -m l2lab.team.guard CMD...` starts CMD in a session of its own and watches its
+`python -m l2lab.sweeps.guard CMD...` starts CMD in a session of its own and watches its
 standard input, a pipe whose other end only the worker holds. When the worker dies, even
 by SIGKILL, the pipe closes and the guard interrupts CMD's whole process group (SIGINT:
 the train stage then ends its MLflow run KILLED), then kills it if it lingers. Without it
 an orphaned `dvc exp run` would finish a point that another worker is re-running. Ctrl-C
-(SIGINT) or SIGTERM to the guard is passed on the same way. Exits with CMD's status.
+(SIGINT) or SIGTERM to the guard is passed on the same way; CMD killed by a signal takes
+its whole group along (no stage outlives it). Exits with CMD's status.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def interrupt(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m l2lab.team.guard CMD [ARG...]", file=sys.stderr)
+        print("usage: python -m l2lab.sweeps.guard CMD [ARG...]", file=sys.stderr)
         return 2
     stopping = False
 
@@ -61,7 +62,13 @@ def main(argv: list[str]) -> int:
         if readable and not os.read(sys.stdin.fileno(), 1024):  # EOF: the worker is gone
             interrupt(proc)
             break
-    return proc.wait()
+    status = proc.wait()
+    if status < 0:  # killed: its stages, reparented to init, would train on
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return status
 
 
 if __name__ == "__main__":

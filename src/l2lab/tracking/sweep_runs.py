@@ -89,31 +89,19 @@ def never_trained(store: Store, run_id: str) -> bool:
     return store.client.get_run(run_id).info.status == RESERVED
 
 
-def end_unstarted(store: Store, run_id: str) -> None:
-    """End a reserved run FAILED if its point finished without taking it up (it failed before training)."""
-    if never_trained(store, run_id):
-        store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
+INCOMPLETE_TAG = "l2lab.incomplete"  # why a run is no result
 
 
-def points_live(store: Store, parent_id: str) -> bool:
-    """Whether any point run of the sweep is still reserved or running (two one-row queries: cheap
-    enough to ask twice a second)."""
-    return any(search_runs(store, f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = '{status}'",
-                           max_results=1) for status in ("RUNNING", RESERVED))
-
-
-INCOMPLETE_TAG = "l2lab.incomplete"  # why a run that ended FINISHED is no result
-
-
-def end_incomplete(store: Store, run_id: str, why: str) -> bool:
-    """End FAILED a point's run that its stages left FINISHED without test metrics (training ended well,
-    then the experiment failed: evaluate never ran, or DVC could not commit the outputs); True if it was one."""
+def end_unlanded(store: Store, run_id: str, why: str, killed: bool = False) -> None:
+    """End a point's run that is no result, saying why: its experiment failed or was stopped (before training,
+    or after it: evaluate never ran, or DVC did not save it). KILLED when stopped, else FAILED; a run its
+    stage already ended otherwise is left so."""
     run = store.client.get_run(run_id)
-    if run.info.status != "FINISHED" or "test_accuracy" in run.data.metrics:
-        return False
+    if run.info.status not in (RESERVED, "RUNNING", "FINISHED"):
+        return
+    status = RunStatus.KILLED if killed else RunStatus.FAILED
     store.write(lambda: store.client.set_tag(run_id, INCOMPLETE_TAG, why))
-    store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED)))
-    return True
+    store.write(lambda: store.client.set_terminated(run_id, RunStatus.to_string(status)))
 
 
 def point_runs(store: Store, parent_id: str, name: str) -> list:
@@ -138,12 +126,10 @@ def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str, sets: di
     return waiting or reserve(store, parent_id, sweep_id, name, sets, tags)
 
 
-def finished_value(store: Store, parent_id: str, name: str) -> float | None:
-    """val_accuracy of the point's FINISHED run, if it has one."""
-    for run in point_runs(store, parent_id, name):
-        if run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics:
-            return run.data.metrics["val_accuracy"]
-    return None
+def finished_run(store: Store, run_id: str) -> Any:
+    """The run, if it ended FINISHED with a val_accuracy (a result); else None."""
+    run = store.client.get_run(run_id)
+    return run if run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics else None
 
 
 def table_artifact(store: Store, run_id: str, name: str) -> list[dict[str, Any]] | None:

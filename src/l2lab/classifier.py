@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-IMAGE_SHAPE = (32, 32, 3)  # height, width, RGB
+from l2lab.data import IMAGE_SHAPE
 EXPECTED = "uint8 pixels 0-255, shape (N, 32, 32, 3)"
 KERAS_ARTIFACT = "keras_model"  # the .keras file among the model's artifacts
 MAX_IMAGES = 1024  # per request when served over HTTP (l2lab serve, mlflow models serve): about 15 MB of JSON

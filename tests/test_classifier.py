@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from l2lab.serving import check_images
+from l2lab.classifier import check_images
 
 
 def test_uint8_and_whole_number_pixels_pass() -> None:
