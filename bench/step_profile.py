@@ -76,7 +76,6 @@ def run_variant(name: str, images: int, epochs: int) -> list[float]:
     """Images/s of each timed epoch for one variant, in this process."""
     sys.path.insert(0, str(REPO / "src"))
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from l2lab import fit as fitmod
@@ -142,7 +141,6 @@ def tf_op_profile(images: int, one_op_at_a_time: bool = False) -> list[tuple[str
     import tempfile
 
     sys.path.insert(0, str(REPO / "src"))
-    import numpy as np
 
     from l2lab.imports import quiet_tensorflow
 

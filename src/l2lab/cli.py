@@ -164,7 +164,8 @@ def team_command(args: argparse.Namespace) -> int:
     try:
         from l2lab.team import stack
     except ModuleNotFoundError as exc:  # mirakuru, port-for: the team extras, not in a plain `make install`
-        raise L2labError(f"`l2lab team` needs the team extras ({exc.name} is not installed): run make install-team") from None
+        raise L2labError(f"`l2lab team` needs the team extras ({exc.name} is not installed): "
+                         "run make install-team") from None
 
     if args.action == "down":
         stack.down(args.dir)
@@ -232,9 +233,11 @@ def ui(args: argparse.Namespace) -> int:
 def print_report(report) -> None:
     from l2lab.sweeps.report import best_title, champion_line
 
-    shown = ["trial", "experiment", *report.keys, "pruned_at_epoch", "val_accuracy", "test_accuracy", "generalization_gap", "weight_norm_total", "status"]
+    shown = ["trial", "experiment", *report.keys, "pruned_at_epoch", "val_accuracy", "test_accuracy",
+             "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")
-    print(report.table[[c for c in shown if c in report.table]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    table = report.table[[c for c in shown if c in report.table]]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if report.heat_axes is not None:
         print(best_title(*report.heat_axes))
         print(report.best_per_row.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -251,9 +254,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    commands = {"sweep": sweep_command, "tune": tune_command, "report": report_command, "ui": ui, "gc": gc, "worker": worker_command,
-                "serve": serve_command,
-                "team": team_command}
+    commands = {"sweep": sweep_command, "tune": tune_command, "report": report_command, "ui": ui, "gc": gc,
+                "worker": worker_command, "serve": serve_command, "team": team_command}
     run_stage(lambda: commands[args.command](args))
 
 

@@ -67,4 +67,5 @@ def write_confusion_pairs(path: Path, y_true: Sequence[int], y_pred: Sequence[in
     import numpy as np
 
     names = np.asarray(classes, dtype=object)  # indexed by whole arrays, not a Python loop per image
-    write_rows(path, ["actual", "predicted"], np.stack([names[np.asarray(y_true)], names[np.asarray(y_pred)]], 1).tolist())
+    pairs = np.stack([names[np.asarray(y_true)], names[np.asarray(y_pred)]], 1)
+    write_rows(path, ["actual", "predicted"], pairs.tolist())

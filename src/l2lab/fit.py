@@ -212,7 +212,8 @@ class StopWhen(keras.callbacks.Callback):
 
 
 def weight_terms(model: keras.Model) -> dict[str, float]:
-    """The penalty Keras adds to the loss (model.losses: l2 * sum(W**2) + l1 * sum(|W|)), kernel norms, |w| quantiles."""
+    """The penalty Keras adds to the loss (model.losses: l2 * sum(W**2) + l1 * sum(|W|)), kernel norms, |w|
+    quantiles."""
     ks = kernels(model)
     penalty = float(sum(float(term) for term in model.losses))
     return {"penalty": penalty, **{f"weight_norm.{name}": v for name, v in weight_norms(ks).items()},

@@ -71,7 +71,8 @@ class DataParams(_Section):
     sha256: Annotated[str, BeforeValidator(_check_sha256)]
     val_size: int = Field(ge=NUM_CLASSES, le=TRAIN_IMAGES - NUM_CLASSES)  # images held out of training
     split_seed: int = Field(ge=0, le=2**32 - 1)  # picks the validation images (and the train subset); nothing else
-    train_size: int | None = Field(ge=NUM_CLASSES, le=TRAIN_IMAGES - NUM_CLASSES)  # a stratified subset of the train split; None: all
+    # a stratified subset of the train split; None: all
+    train_size: int | None = Field(ge=NUM_CLASSES, le=TRAIN_IMAGES - NUM_CLASSES)
 
     @field_validator("train_size")
     @classmethod
@@ -95,7 +96,8 @@ class TrainParams(_Section):
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
     # With defaults, so that a params.yaml without them trains Adam at a constant rate without augmentation;
     # params.yaml states them all.
-    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: SGD with momentum; weight_decay > 0 makes it SGDW (AdamW for adam)
+    # sgd: SGD with momentum; weight_decay > 0 makes it SGDW (AdamW for adam)
+    optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # sgd only
     nesterov: bool = True  # sgd only: Nesterov momentum
     schedule: Literal["constant", "cosine"] = "constant"  # learning rate per step: constant, or cosine decay to 0

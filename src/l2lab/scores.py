@@ -24,7 +24,8 @@ def normalised(probs: np.ndarray) -> np.ndarray:
 def forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """What model.predict(x, batch_size=PREDICT_BATCH) computes, the same numbers: the same batches through
     the same call (model(batch, training=False), predict_step's), traced once for any batch size instead
-    of Keras's tf.data pipeline per call and a trace per new last-batch shape. A model compiled for XLA (Keras's jit_compile, on a GPU)
+    of Keras's tf.data pipeline per call and a trace per new last-batch shape. A model compiled for XLA
+    (Keras's jit_compile, on a GPU)
     goes through model.predict itself, whose XLA clusters this one would not reproduce."""
     def keras_predict(x: np.ndarray) -> np.ndarray:
         return model.predict(x, batch_size=PREDICT_BATCH, verbose=0)

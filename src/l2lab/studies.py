@@ -100,7 +100,8 @@ def make_sampler(name: str, seed: int | None) -> Any:
             import scipy  # noqa: F401
             import torch  # noqa: F401
         except ImportError:
-            raise L2labError("--sampler gp needs PyTorch and SciPy: pip install torch scipy, or use --sampler tpe") from None
+            raise L2labError("--sampler gp needs PyTorch and SciPy: pip install torch scipy, "
+                             "or use --sampler tpe") from None
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

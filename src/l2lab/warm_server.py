@@ -136,7 +136,8 @@ class Server:
                 conn.close()
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN if request.get("sigint_ignored") else signal.default_int_handler)
+            ignored = request.get("sigint_ignored")
+            signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
                 os.close(fd)
@@ -152,7 +153,8 @@ class Server:
             # does, is what is meant.
             warnings.filterwarnings("ignore", message=".* found in sys.modules after import of package",
                                     category=RuntimeWarning)
-            log.info("%s runs in a child of the warm stage server %d (its imports done once)", request["module"], os.getppid())
+            log.info("%s runs in a child of the warm stage server %d (its imports done once)", request["module"],
+                     os.getppid())
             runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as exc:
@@ -224,8 +226,8 @@ def warm_server(cwd: Path) -> Iterator[str | None]:
         else:
             os.environ[ENV] = saved
         if proc.poll() is not None and proc.returncode != 0:
-            log.warning("the warm stage server ended early (status %d; it said: %s); the stages imported for themselves",
-                        proc.returncode, last_line(log_file))
+            log.warning("the warm stage server ended early (status %d; it said: %s); the stages imported for "
+                        "themselves", proc.returncode, last_line(log_file))
         proc.terminate()  # it lets running stages end first
         try:
             proc.wait(timeout=STOP_TIMEOUT)

@@ -13,7 +13,8 @@ import pandas as pd
 from l2lab.errors import L2labError, first_line
 from l2lab.files import atomic_outputs
 from l2lab.studies import PRUNED_TAG, TRIAL_TAG
-from l2lab.sweeps.figures import best_cell, heatmap_figure, save_figure, series_groups, sweep_figures, weight_distribution_figure
+from l2lab.sweeps.figures import (best_cell, heatmap_figure, save_figure, series_groups, sweep_figures,
+                                  weight_distribution_figure)
 from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep, slug
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
@@ -72,7 +73,8 @@ def plot_axis(recorded: dict[str, list[Any]]) -> str:
     """The axis the plots put on x: the first penalty the sweep varied, else its first numeric axis, else
     its first (train.l2 if it varied only seeds)."""
     varied = [key for key in recorded if key != SEED]
-    numeric = [key for key in varied if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded[key])]
+    numeric = [key for key in varied
+               if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded[key])]
     return next((key for key in PENALTIES if key in varied), next(iter(numeric or varied), "train.l2"))
 
 
@@ -263,10 +265,12 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     grid2 = two_axes(summary, keys) if lines else None
     best = best_per_row(summary, keys, *grid2) if grid2 else None
     best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
-    with atomic_outputs(folder / "table.csv", folder / "summary.csv", folder / "table.md") as (csv_tmp, sum_tmp, md_tmp):
+    outputs = (folder / "table.csv", folder / "summary.csv", folder / "table.md")
+    with atomic_outputs(*outputs) as (csv_tmp, sum_tmp, md_tmp):
         table.to_csv(csv_tmp, index=False)
         summary.to_csv(sum_tmp, index=False)
-        md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n" + summary_markdown(summary, keys)
+        md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n"
+                          + summary_markdown(summary, keys)
                           + "\n" + best_text + "\nEvery run:\n\n" + markdown(table) + "\n"
                           + champion_line(champion, keys, version) + "\n\n" + noise + "\n")
     if best is not None:
@@ -330,7 +334,8 @@ def tune_figures(study_name: str, folder: Path) -> list[str]:
     for name, function in TUNE_FIGURES.items():
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # "matplotlib backend: experimental"
+                # "matplotlib backend: experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 axes = getattr(plots, function)(study)
         except (ValueError, RuntimeError) as exc:
             log.info("%s not drawn: %s", name, first_line(exc))
@@ -367,7 +372,8 @@ def _shown(value: Any) -> str:
 def two_axes(summary: pd.DataFrame, keys: list[str]) -> tuple[str, str] | None:
     """(x, y) of a sweep's heatmaps: two numeric axes, x the plotted one (the penalty), y the other
     (e.g. train.learning_rate); None when the sweep has fewer than two numeric axes of several values."""
-    numeric = [k for k in keys if k in summary and pd.api.types.is_numeric_dtype(summary[k]) and summary[k].nunique() > 1]
+    numeric = [k for k in keys
+               if k in summary and pd.api.types.is_numeric_dtype(summary[k]) and summary[k].nunique() > 1]
     if len(numeric) < 2 or keys[-1] not in numeric:
         return None
     return keys[-1], next(k for k in numeric if k != keys[-1])

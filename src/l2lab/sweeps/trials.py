@@ -193,8 +193,9 @@ def tune_attrs(tune_id: str, space: dict[str, Any], fixed: dict[str, str], trial
     """What a tune's study holds for its workers to draw trials and its train stages to prune them."""
     from optuna.distributions import distribution_to_json
 
-    return {TUNE_ATTR: tune_id, PRUNER_ATTR: pruner, "l2lab.space": {k: distribution_to_json(d) for k, d in space.items()},
-            "l2lab.fixed": fixed, "l2lab.trials": trials, "l2lab.sampler": sampler, "l2lab.seed": seed}
+    return {TUNE_ATTR: tune_id, PRUNER_ATTR: pruner,
+            "l2lab.space": {k: distribution_to_json(d) for k, d in space.items()}, "l2lab.fixed": fixed,
+            "l2lab.trials": trials, "l2lab.sampler": sampler, "l2lab.seed": seed}
 
 
 def drawn(study: Any, trials: list[Any] | None = None) -> dict[str, int]:

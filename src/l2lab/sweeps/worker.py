@@ -55,7 +55,8 @@ def work(storage_url: str, sweep_id: str | None, repo: Path, checkout: Path | No
             task = next(filter(None, (trials.take(storage, study) for study in studies)), None)
             if task is None:
                 if not trials.running_elsewhere(studies):
-                    log.info("worker %d: nothing left to run: %d point(s) done here, %d failed", os.getpid(), done, failed)
+                    log.info("worker %d: nothing left to run: %d point(s) done here, %d failed", os.getpid(), done,
+                             failed)
                     return failed
                 if not waiting_said:  # a running point may yet come back, if its worker dies
                     log.info("worker %d: no point waiting; waiting in case a running one comes back", os.getpid())
@@ -81,7 +82,8 @@ def own_place(repo: Path, study: Any) -> Iterator[Path]:
     team = bool(attrs.get(trials.TEAM_ATTR))
     with worktree(repo, attrs[trials.SWEEP_ATTR], Code(attrs["commit"], attrs["snapshot"]), fetch=team) as place:
         if team:
-            pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=place, capture_output=True, text=True)
+            pulled = subprocess.run([dvc_command(), "pull", "--allow-missing"], cwd=place, capture_output=True,
+                                    text=True)
             if pulled.returncode != 0:
                 log.warning("dvc pull: %s", (pulled.stderr.strip() or pulled.stdout.strip()).splitlines()[-1:])
         with warm_server(place):

@@ -16,10 +16,12 @@ def check_clone(clone: Path, dirty: str | None = None) -> None:
     if dirty and git("status", "--porcelain", "--untracked-files=no", cwd=clone):
         raise L2labError(f"{clone} has uncommitted changes; {dirty}")
     if "origin" not in git("remote", cwd=clone).split():
-        raise L2labError("no git remote named origin: team mode shares experiments through it (git remote add origin …)")
+        raise L2labError("no git remote named origin: team mode shares experiments through it "
+                         "(git remote add origin …)")
     default = subprocess.run([dvc_command(), "remote", "default"], cwd=clone, capture_output=True, text=True)
     if default.returncode != 0 or not default.stdout.strip():
-        raise L2labError("no default DVC remote: add the team's (dvc remote add -d team s3://…) and commit .dvc/config")
+        raise L2labError("no default DVC remote: add the team's (dvc remote add -d team s3://…) "
+                         "and commit .dvc/config")
 
 
 def check_shared_tracking(clone: Path) -> None:

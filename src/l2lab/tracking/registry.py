@@ -22,7 +22,9 @@ def register_champion(store: Store, run_id: str) -> str:
     else:  # mlflow.register_model resolves MLflow 3's models:/<id> URIs
         bind_fluent(store)
         source = client.get_run(run_id).data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
-        version = store.write(lambda: mlflow.register_model(source, REGISTERED_MODEL, tags={"source_run_id": run_id})).version
+        tags = {"source_run_id": run_id}
+        registered = store.write(lambda: mlflow.register_model(source, REGISTERED_MODEL, tags=tags))
+        version = registered.version
     store.write(lambda: client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version))
     store.write(lambda: client.set_model_version_tag(REGISTERED_MODEL, version, "selected_by", "max val_accuracy"))
     return str(version)

@@ -99,7 +99,8 @@ class Run:
         self.store, self.run_id = store, run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self.store.write(lambda: self.store.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
+        entries = [Param(k, str(v)) for k, v in params.items()]
+        self.store.write(lambda: self.store.client.log_batch(self.run_id, params=entries))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.store.write(lambda: self.store.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
@@ -165,7 +166,8 @@ class Run:
             # No input signature: MLflow would cast JSON floats to it silently; Classifier checks instead.
             # Model.log is what mlflow.pyfunc.log_model calls; it alone takes the run to log to.
             info = self.store.write(lambda: Model.log(
-                artifact_path=None, flavor=mlflow.pyfunc, name="model", python_model=Classifier(classes), artifacts={KERAS_ARTIFACT: str(keras_file)},
+                artifact_path=None, flavor=mlflow.pyfunc, name="model", python_model=Classifier(classes),
+                artifacts={KERAS_ARTIFACT: str(keras_file)},
                 code_paths=[str(Path(l2lab.__file__).parent)], pip_requirements=requirements,
                 metadata={"input": EXPECTED, "output": "label, then one probability column per class",
                           "classes": classes}, run_id=self.run_id))
@@ -209,7 +211,8 @@ def training_run(store: Store, params: dict[str, Any], data_summary: dict[str, A
         name = "demo-synthetic-data"
     run_id = take_reservation(store, name) if name else None
     if run_id is None:
-        run_id = store.write(lambda: store.client.create_run(store.experiment_id, run_name=name, tags=owner_tags())).info.run_id
+        created = store.write(lambda: store.client.create_run(store.experiment_id, run_name=name, tags=owner_tags()))
+        run_id = created.info.run_id
     run = Run(store, run_id)
     log.info("MLflow run %s (%s) in %s", run_id, name or "unnamed", store.uri)
     with ending(store, run_id):

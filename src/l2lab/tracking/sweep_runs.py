@@ -47,7 +47,8 @@ def sweep_parent(store: Store, sweep_id: str, axes: dict[str, list[str]], fixed:
     if tune is None:
         params = {f"{AXIS_PREFIX}{k}": ",".join(v) for k, v in axes.items()}
     else:
-        params = {f"{TUNE_PREFIX}space.{k}": v[0] for k, v in axes.items()} | {f"{TUNE_PREFIX}{k}": v for k, v in tune.items()}
+        params = ({f"{TUNE_PREFIX}space.{k}": v[0] for k, v in axes.items()}
+                  | {f"{TUNE_PREFIX}{k}": v for k, v in tune.items()})
     params |= {f"{FIXED_PREFIX}{k}": v for k, v in fixed.items()}
     with ending(store, parent.run_id, lambda: parent.failed):
         store.write(lambda: store.client.log_batch(parent.run_id, params=[Param(k, v) for k, v in params.items()]))
