@@ -56,7 +56,8 @@ from train_speed import ISA_CAPS, isa_flags  # noqa: E402
 # --jobs 1, the same with warm stages off, --jobs 2, plain fit()s, and the README's plain-DVC grid (dvc exp run
 # --queue, then dvc queue start -j 1)
 LEGS = ("jobs1", "jobs1_cold", "jobs2", "plain", "dvc_queue")
-RESULT_METRICS = ("val_accuracy", "test_accuracy", "test_loss", "train_accuracy", "weight_norm.total")  # per point, logged
+RESULT_METRICS = ("val_accuracy", "test_accuracy", "test_loss", "train_accuracy",
+                  "weight_norm.total")  # per point, logged
 
 PLAIN = r"""
 import json, sys, time
@@ -191,8 +192,9 @@ def phases(project: Path, sweep_id: str, started_wall: float) -> list[dict]:
         last_epoch_end = epochs[-1].timestamp / 1000
         evaluate_start = float(run.data.tags["l2lab.pid_started"])  # the evaluate stage took the run up last
         end = run.info.end_time / 1000
-        points.append({"name": run.info.run_name, "first_epoch_start": first_epoch_start, "training": sum(m.value for m in epochs),
-                       "after_training": evaluate_start - last_epoch_end, "evaluation": end - evaluate_start, "end": end,
+        points.append({"name": run.info.run_name, "first_epoch_start": first_epoch_start,
+                       "training": sum(m.value for m in epochs), "after_training": evaluate_start - last_epoch_end,
+                       "evaluation": end - evaluate_start, "end": end,
                        # what the run produced, to compare a before and an after bit for bit
                        "l2": run.data.params.get("train.l2"),
                        "metrics": {k: run.data.metrics.get(k) for k in RESULT_METRICS}})
@@ -209,8 +211,9 @@ def plain_leg(project: Path, l2_values: list[str], epochs: int) -> dict:
     started = time.monotonic()
     results = []
     for l2 in l2_values:
-        proc = subprocess.run([sys.executable, "-c", PLAIN, str(project / "params.yaml"), str(project / "data" / "processed"),
-                               l2, str(epochs)], capture_output=True, text=True, env=git_env() | own_code(project))
+        proc = subprocess.run([sys.executable, "-c", PLAIN, str(project / "params.yaml"),
+                               str(project / "data" / "processed"), l2, str(epochs)],
+                              capture_output=True, text=True, env=git_env() | own_code(project))
         if proc.returncode != 0:
             raise SystemExit(f"plain fit exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -262,7 +265,8 @@ def main() -> None:
                     result["points"] = phases(project, result["sweep_id"], started)
                 one_round[leg] = result
             rounds.append(one_round)
-            print(f"round {pair + 1}: " + ", ".join(f"{leg} {one_round[leg]['wall_s']:.0f} s" for leg in legs), flush=True)
+            print(f"round {pair + 1}: " + ", ".join(f"{leg} {one_round[leg]['wall_s']:.0f} s" for leg in legs),
+                  flush=True)
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     jobs1, cold, jobs2, plain, dvc_queue = (median([r[leg]["wall_s"] for r in rounds]) if leg in legs else None
                                             for leg in LEGS)
@@ -279,8 +283,8 @@ def main() -> None:
     cold_share, cold_phases = share_and_phases("jobs1_cold") if "jobs1_cold" in legs else (None, None)
     report = {
         "sweep_vs_plain": ratio(jobs1, plain), "jobs2_speedup": ratio(jobs1, jobs2), "training_share": share,
-        "cold_vs_warm": ratio(cold, jobs1), "cold_sweep_vs_plain": ratio(cold, plain), "cold_training_share": cold_share,
-        "dvc_queue_vs_sweep": ratio(dvc_queue, jobs1),
+        "cold_vs_warm": ratio(cold, jobs1), "cold_sweep_vs_plain": ratio(cold, plain),
+        "cold_training_share": cold_share, "dvc_queue_vs_sweep": ratio(dvc_queue, jobs1),
         "wall_s": {"jobs1": jobs1, "jobs1_cold": cold, "jobs2": jobs2, "plain": plain, "dvc_queue": dvc_queue},
         "per_point_s_by_phase": by_phase, "cold_per_point_s_by_phase": cold_phases,
         "preprocess_reruns": sum(r[leg]["preprocess_reruns"] for r in rounds for leg in legs

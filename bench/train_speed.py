@@ -355,7 +355,8 @@ def print_table(r: dict) -> None:
         ips = s["images_per_s"]
         print(f"{side:9} {ips['median']:>14,.0f} ({ips['min']:,.0f}-{ips['max']:,.0f}) "
               f"{s['peak_rss_mb']:>8,.0f} MB {s['gflops']:>8.1f} {s['share_of_matmul_peak']:>7.1%}")
-    print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"
+    print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, "
+          f"peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"
           + (f", bf16_speedup_vs_fp32 {r['bf16_speedup_vs_fp32']:.2f}x" if "bf16_speedup_vs_fp32" in r else "")
           + (f", train_speedup_vs_torch {r['train_speedup_vs_torch']:.2f}x" if "train_speedup_vs_torch" in r else ""))
     cap = r["machine"].get("kernel_isa_cap")

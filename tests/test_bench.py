@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_train_speed_writes_its_ratios_with_the_isa_cap(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, str(REPO / "bench" / "train_speed.py"), "--pairs", "1", "--epochs", "2",
-                          "--images", "640", "--max-isa", "avx2", "--data-dir", str(tmp_path / "none"), "--out", str(out)],
+                          "--images", "640", "--max-isa", "avx2", "--data-dir", str(tmp_path / "none"),
+                          "--out", str(out)],
                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -28,7 +29,8 @@ def test_train_speed_writes_its_ratios_with_the_isa_cap(tmp_path: Path) -> None:
     assert "kernels capped at avx2" in run.stdout
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's AVX2 cap and kernel names are x86's")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="oneDNN's AVX2 cap and kernel names are x86's")
 def test_the_op_profile_names_the_ops_and_the_onednn_kernels_under_the_cap() -> None:
     run = subprocess.run([sys.executable, str(REPO / "bench" / "step_profile.py"), "--ops", "--images", "640"],
                          capture_output=True, text=True,

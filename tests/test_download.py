@@ -171,6 +171,7 @@ def test_a_password_in_data_url_is_refused_and_never_echoed() -> None:
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/cifar-10-python.tar.gz"])
 def test_a_redirect_to_another_scheme_is_one_clear_error(server: LoopbackServer, tmp_path: Path, target: str) -> None:
     url = server.add("/moved.tgz", Route(redirect=target))
-    with pytest.raises(DownloadError, match=rf"^cannot fetch {url}: the server sent us to a URL we do not follow") as info:
+    with pytest.raises(DownloadError,
+                       match=rf"^cannot fetch {url}: the server sent us to a URL we do not follow") as info:
         fetch(url, tmp_path / "a", SHA, FAST)
     assert "\n" not in str(info.value) and not (tmp_path / "a").exists()

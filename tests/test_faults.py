@@ -317,5 +317,6 @@ def test_a_split_file_of_the_wrong_kind_stops_training_in_one_line(prepared: Pat
     assert line.endswith("restore it with `dvc checkout`, or write it again with `dvc repro -f preprocess`")
     assert "Traceback" not in proc.stderr
     assert not (prepared / "models").exists()  # nothing trained, nothing written
-    runs = MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}").search_runs(["1"]) if (prepared / "mlflow.db").exists() else []
+    runs = (MlflowClient(f"sqlite:///{prepared / 'mlflow.db'}").search_runs(["1"])
+            if (prepared / "mlflow.db").exists() else [])
     assert runs == []  # refused before a run was started

@@ -115,8 +115,8 @@ def test_an_exploding_loss_ends_the_run_as_diverged() -> None:
     """learning_rate = 10 gave loss 1.96e9 and a FINISHED run that looked like a result."""
     train = TrainParams(**{**TRAIN, "learning_rate": 10.0, "batch_size": 16, "epochs": 3})
     data, val = input_pipelines(train, learnable(320, seed=0), learnable(40, seed=1))
-    with pytest.raises(DivergedError, match=r"^training diverged at epoch 1: loss [0-9.]+e\+[0-9]+ without the penalty, far "
-                                            r"above chance \(2.30\); lower train.learning_rate$"):
+    with pytest.raises(DivergedError, match=r"^training diverged at epoch 1: loss [0-9.]+e\+[0-9]+ without the "
+                                            r"penalty, far above chance \(2.30\); lower train.learning_rate$"):
         fit(train, data, val, lambda epoch, logs: None)
 
 
@@ -267,7 +267,8 @@ def test_flip_crop_gives_each_image_a_flipped_or_not_and_shifted_copy_of_itself(
         matches = [(flipped, top, left)
                    for flipped, source in ((False, image), (True, image[:, ::-1]))
                    for top in range(2 * PAD + 1) for left in range(2 * PAD + 1)
-                   if np.array_equal(np.pad(source, ((PAD, PAD), (PAD, PAD), (0, 0)))[top:top + 32, left:left + 32], got)]
+                   if np.array_equal(np.pad(source, ((PAD, PAD), (PAD, PAD), (0, 0)))[top:top + 32, left:left + 32],
+                                     got)]
         assert matches, "not a flip and crop of its own image"
         shapes.add(matches[0])
     assert len(shapes) > 4  # the offsets and flips vary from image to image

@@ -24,8 +24,8 @@ def test_tensorflow_is_an_extra_cpu_or_gpu_not_a_base_dependency() -> None:
 def test_without_tensorflow_a_stage_says_which_extra_to_install(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['tensorflow'] = None; "  # as if no extra had been installed
             "from l2lab.stages.train import main; "
-            f"sys.argv = ['train', '--params', {str(REPO / 'params.yaml')!r}, '--data-dir', 'd', '--data-summary', 's', "
-            "'--model', 'm', '--run-info', 'r', '--history', 'h']; main()")
+            f"sys.argv = ['train', '--params', {str(REPO / 'params.yaml')!r}, '--data-dir', 'd', "
+            "'--data-summary', 's', '--model', 'm', '--run-info', 'r', '--history', 'h']; main()")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

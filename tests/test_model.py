@@ -10,7 +10,8 @@ from l2lab.model import build_model, build_optimizer, kernel_regularizer
 from l2lab.norms import kernels
 from l2lab.params import TrainParams
 
-TRAIN = dict(seed=0, l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=1, precision="float32")
+TRAIN = dict(seed=0, l2=0.001, l1=0.0, weight_decay=0.0, learning_rate=0.001, batch_size=64, epochs=1,
+             precision="float32")
 
 
 def network(l1: float, l2: float, seed: int) -> keras.Model:

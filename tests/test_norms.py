@@ -52,7 +52,8 @@ def test_scores_against_hand_counts() -> None:
     y_train = np.array([0, 1, 2, 3, 1])  # the last one wrong: 4/5
     val_probs = np.eye(4)[[3, 3, 3]] * 0.6 + 0.1
     y_val = np.array([3, 0, 0])  # 1/3
-    splits = {"train": (np.zeros((5, 1)), y_train), "val": (np.zeros((3, 1)), y_val), "test": (np.zeros((6, 1)), y_test)}
+    splits = {"train": (np.zeros((5, 1)), y_train), "val": (np.zeros((3, 1)), y_val),
+              "test": (np.zeros((6, 1)), y_test)}
     result = score(Fixed({5: train_probs, 3: val_probs, 6: probs}), splits, classes)
     m = result.metrics
     assert m["test_accuracy"] == pytest.approx(4 / 6) and m["train_accuracy"] == pytest.approx(4 / 5)

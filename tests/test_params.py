@@ -24,7 +24,8 @@ def test_repo_params_load_and_flatten(raw: dict) -> None:
     assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000
     assert flat["train.seed"] == 42 and flat["data.split_seed"] == 42
     assert flat["data.train_size"] is None
-    assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "data.train_size", "train.seed", "train.l2",
+    assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "data.train_size",
+                         "train.seed", "train.l2",
                          "train.l1", "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs",
                          "train.precision", "train.optimizer", "train.momentum", "train.nesterov", "train.schedule",
                          "train.warmup_epochs", "train.augment"}
@@ -46,7 +47,8 @@ def test_a_params_file_from_before_the_optimizer_keys_trains_as_it_did(raw: dict
     ("schedule", "step", "train.schedule: Input should be 'constant' or 'cosine' (got 'step')"),
     ("augment", "mixup", "train.augment: Input should be 'none' or 'flip_crop' (got 'mixup')"),
 ])
-def test_bad_optimizer_schedule_and_augment_values_name_the_key(raw: dict, key: str, value: object, message: str) -> None:
+def test_bad_optimizer_schedule_and_augment_values_name_the_key(raw: dict, key: str, value: object,
+                                                                 message: str) -> None:
     bad = copy.deepcopy(raw)
     bad["train"][key] = value
     with pytest.raises(ParamsError, match=re.escape(message)):
@@ -103,7 +105,8 @@ def test_yaml_1_2_floats_as_dvc_writes_them(tmp_path: Path, raw: dict) -> None:
                                     "5000 leaves of CIFAR-10's 50000 (got 45001)"),
         ("data.train_size", "5000", "data.train_size: Input should be a valid integer (got '5000')"),
         ("seed", 42, "seed: unknown key"),  # the old top-level seed is now data.split_seed and train.seed
-        ("train.precision", "float16", "train.precision: Input should be 'float32', 'mixed_bfloat16' or 'mixed_float16'"),
+        ("train.precision", "float16",
+         "train.precision: Input should be 'float32', 'mixed_bfloat16' or 'mixed_float16'"),
         ("train.beta_1", 0.9, "train.beta_1: unknown key"),
         ("extra", 1, "extra: unknown key"),
     ],

@@ -143,7 +143,8 @@ def test_wrong_layout_names_what_is_missing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
-        ({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, r"'data' must be a uint8 array of shape \(N, 3072\)"),
+        ({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]},
+         r"'data' must be a uint8 array of shape \(N, 3072\)"),
         ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "'data' must be a uint8 array"),
         ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "expected 2 labels, got 1"),
         ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, r"labels must be integers in 0..9"),
@@ -203,7 +204,8 @@ def test_a_decompression_bomb_is_refused_before_it_is_read(tmp_path: Path, decla
     assert archive.stat().st_size < 1_000_000
     tracemalloc.start()
     try:
-        with pytest.raises(ArchiveError, match=f"refusing archive member 'cifar-10-batches-py/data_batch_1': it declares {declared:,} bytes"):
+        with pytest.raises(ArchiveError, match=f"refusing archive member 'cifar-10-batches-py/data_batch_1': "
+                                               f"it declares {declared:,} bytes"):
             read_batches(archive)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -228,7 +230,8 @@ def test_a_val_size_that_leaves_few_training_images_is_warned_about(small_archiv
     assert "leaves" not in caplog.text
 
 
-def test_train_size_keeps_a_stratified_subset_and_leaves_val_and_test_alone(small_archive: Path, tmp_path: Path) -> None:
+def test_train_size_keeps_a_stratified_subset_and_leaves_val_and_test_alone(small_archive: Path,
+                                                                            tmp_path: Path) -> None:
     full = preprocess(small_archive, tmp_path / "a", tmp_path / "a.json", 50, split_seed=42)
     part = preprocess(small_archive, tmp_path / "b", tmp_path / "b.json", 50, split_seed=42, train_size=100)
     assert part["train"]["total"] == 100 and full["train"]["total"] == 250
@@ -244,7 +247,8 @@ def test_train_size_keeps_a_stratified_subset_and_leaves_val_and_test_alone(smal
 @pytest.mark.fault
 @pytest.mark.parametrize(("size", "message"), [(251, "data.train_size: 251 is more than the 250 training images"),
                                                (5, "data.train_size: cannot keep 5 images with every class in them")])
-def test_impossible_train_sizes_are_one_clear_error(small_archive: Path, tmp_path: Path, size: int, message: str) -> None:
+def test_impossible_train_sizes_are_one_clear_error(small_archive: Path, tmp_path: Path, size: int,
+                                                    message: str) -> None:
     with pytest.raises(L2labError, match=message):
         preprocess(small_archive, tmp_path / "p", tmp_path / "s.json", 50, split_seed=42, train_size=size)
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())

@@ -43,7 +43,8 @@ def test_an_import_added_without_its_dep_is_caught(copy_of_src: Path) -> None:
     module = copy_of_src / "src" / "l2lab" / "stages" / "download.py"
     text = module.read_text()
     # A function-level import, the easiest to miss by eye.
-    module.write_text(text.replace("def fetch(", "def _probe() -> None:\n    from l2lab.sweeps.report import markdown\n\n\ndef fetch(", 1))
+    module.write_text(text.replace("def fetch(", "def _probe() -> None:\n    from l2lab.sweeps.report import markdown\n"
+                                                 "\n\ndef fetch(", 1))
     problems = stage_problems(copy_of_src)
     missing, extra = problems["download"]
     assert "src/l2lab/sweeps/report.py" in missing and not extra

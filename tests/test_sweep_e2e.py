@@ -382,7 +382,8 @@ def test_a_grid_over_any_keys_draws_heatmaps_and_its_sgd_cosine_flip_crop_points
     assert {(r.data.params["train.optimizer"], r.data.params["train.schedule"], r.data.params["train.augment"])
             for r in children} == {("adam", "cosine", "flip_crop"), ("sgd", "cosine", "flip_crop")}
     folder = project / "reports" / "sweep" / parent.data.tags["l2lab.sweep_id"]
-    for name in ("heatmap_learning_rate_l2_optimizer=adam.png", "heatmap_learning_rate_l2_optimizer=sgd.png", "best_per_row.csv", "accuracy_vs_lambda.png"):
+    for name in ("heatmap_learning_rate_l2_optimizer=adam.png", "heatmap_learning_rate_l2_optimizer=sgd.png",
+                 "best_per_row.csv", "accuracy_vs_lambda.png"):
         assert (folder / name).stat().st_size > 0, name
     best = (folder / "best_per_row.csv").read_text().splitlines()
     assert best[0].startswith("train.optimizer,train.learning_rate,best train.l2,") and len(best) == 1 + 4
@@ -401,7 +402,8 @@ def test_a_grid_over_any_keys_draws_heatmaps_and_its_sgd_cosine_flip_crop_points
 @pytest.mark.fault
 def test_grid_refuses_a_bad_key_or_value_before_queueing(bare: Path) -> None:
     project = bare
-    for args, message in ((["--grid", "train.optimizer=adam,rmsprop"], "train.optimizer: Input should be 'adam' or 'sgd'"),
+    for args, message in ((["--grid", "train.optimizer=adam,rmsprop"],
+                           "train.optimizer: Input should be 'adam' or 'sgd'"),
                           (["--grid", "train.beta_1=0.9,0.99"], "train.beta_1: unknown key"),
                           (["--l2", "0", "--grid", "train.l2=0.1"], "--grid train.l2=... and --l2 both vary train.l2"),
                           (["--grid", "train.augment=none,none"], "none and none are the same value")):

@@ -31,7 +31,8 @@ def test_parse_values_and_sets() -> None:
 
 def test_grid_is_the_cartesian_product_with_fixed_overrides() -> None:
     points = grid("sw1", {"train.l2": ["0", "1e-4"], "train.seed": ["1", "2"]}, {"train.epochs": "1"})
-    assert [p.name for p in points] == ["l2=0_seed=1_sw1", "l2=0_seed=2_sw1", "l2=1e-4_seed=1_sw1", "l2=1e-4_seed=2_sw1"]
+    assert [p.name for p in points] == ["l2=0_seed=1_sw1", "l2=0_seed=2_sw1", "l2=1e-4_seed=1_sw1",
+                                        "l2=1e-4_seed=2_sw1"]
     assert points[3].sets == {"train.epochs": "1", "train.l2": "1e-4", "train.seed": "2"}
 
 
@@ -53,8 +54,10 @@ def run(name: str, l2: float, val: float | None, test: float | None, status: str
     metrics = {} if val is None else {"val_accuracy": val, "test_accuracy": test, "train_accuracy": 0.9,
                                       "generalization_gap": 0.9 - test, "weight_norm.total": 10.0,
                                       "sparsity.total": 0.1, "val_loss": val_loss}
-    params = {"train.l2": str(l2), "train.l1": "0.0", "train.weight_decay": "0.0", "train.seed": str(seed), "train.epochs": "3"}
-    return {"run_id": f"id-{name}", "name": name, "status": status, "params": params, "metrics": metrics, "val_curve": []}
+    params = {"train.l2": str(l2), "train.l1": "0.0", "train.weight_decay": "0.0", "train.seed": str(seed),
+              "train.epochs": "3"}
+    return {"run_id": f"id-{name}", "name": name, "status": status, "params": params, "metrics": metrics,
+            "val_curve": []}
 
 
 def test_champion_is_chosen_on_validation_never_on_test() -> None:
@@ -74,7 +77,8 @@ def test_champion_uses_mean_over_seeds_and_breaks_ties_on_val_loss() -> None:
         run("b1", 1e-3, val=0.62, test=0.6, seed=1), run("b2", 1e-3, val=0.64, test=0.6, seed=2),  # mean 0.63
     ])
     assert choose_champion(table, "train.l2")["experiment"] == "b2"
-    tied = sweep_table([run("x", 0.0, val=0.6, test=0.5, val_loss=1.2), run("y", 1e-3, val=0.6, test=0.5, val_loss=1.1)])
+    tied = sweep_table([run("x", 0.0, val=0.6, test=0.5, val_loss=1.2),
+                        run("y", 1e-3, val=0.6, test=0.5, val_loss=1.1)])
     assert choose_champion(tied, "train.l2")["experiment"] == "y"
     assert choose_champion(sweep_table([run("f", 0.0, None, None, status="FAILED")]), "train.l2") is None
 
@@ -105,7 +109,8 @@ def test_progress_line_shows_each_running_point_and_the_time_left() -> None:
     line = progress_line(1, 4, 0, {"l2=0.01_sw": Progress(5, 10, 0.6123)}, elapsed=300.0)
     # 1.45 points done in 300 s (a running point's epochs count for 90% of it): 2.55 left take 528 s
     assert line == "1/4 done (0 failed), 1 running; l2=0.01_sw: epoch 5/10, val_accuracy 0.6123; about 9 min left"
-    assert progress_line(0, 2, 0, {"a": Progress(0, 10, None)}, elapsed=20.0) == "0/2 done (0 failed), 1 running; a: epoch 0/10"
+    assert (progress_line(0, 2, 0, {"a": Progress(0, 10, None)}, elapsed=20.0)
+            == "0/2 done (0 failed), 1 running; a: epoch 0/10")
     assert progress_line(2, 2, 1, {}, elapsed=50.0) == "2/2 done (1 failed), 0 running"
 
 
@@ -134,13 +139,15 @@ def test_the_report_says_when_the_champion_is_within_noise() -> None:
         run("b1", 1e-3, val=0.62, test=0.5, seed=1), run("b2", 1e-3, val=0.65, test=0.5, seed=2),
     ]), "train.l2")
     line = noise_line(close, "train.l2", 1e-3)
-    assert line.startswith("train.l2 = 0.001 is within the noise of the runner-up train.l2 = 0: mean val_accuracy 0.6350 vs 0.6300")
+    assert line.startswith("train.l2 = 0.001 is within the noise of the runner-up train.l2 = 0: "
+                           "mean val_accuracy 0.6350 vs 0.6300")
     clear = summary_table(sweep_table([
         run("a1", 0.0, val=0.60, test=0.5, seed=1), run("a2", 0.0, val=0.61, test=0.5, seed=2),
         run("b1", 1e-3, val=0.70, test=0.5, seed=1), run("b2", 1e-3, val=0.71, test=0.5, seed=2),
     ]), "train.l2")
     assert "is ahead of the runner-up" in noise_line(clear, "train.l2", 1e-3)
-    single = summary_table(sweep_table([run("a", 0.0, val=0.6, test=0.5), run("b", 1e-3, val=0.7, test=0.5)]), "train.l2")
+    single = summary_table(sweep_table([run("a", 0.0, val=0.6, test=0.5), run("b", 1e-3, val=0.7, test=0.5)]),
+                           "train.l2")
     assert "rerun with --seeds" in noise_line(single, "train.l2", 1e-3)
 
 
@@ -201,7 +208,8 @@ def test_versus_report_groups_by_penalty_and_matched_strength(tmp_path: Path) ->
         "penalty = AdamW, l2_equivalent = 0.001 is ahead of the runner-up penalty = none, l2_equivalent = 0: "
         "mean val_accuracy 0.6500 vs 0.6100")
     write_files(tmp_path, table, keys, {r: [0.5, 0.6] for r in table["experiment"]}, champion, None)
-    assert "Champion (best validation accuracy): penalty = AdamW, l2_equivalent = 0.001" in (tmp_path / "table.md").read_text()
+    assert ("Champion (best validation accuracy): penalty = AdamW, l2_equivalent = 0.001"
+            in (tmp_path / "table.md").read_text())
     assert (tmp_path / "accuracy_vs_lambda.png").stat().st_size > 10_000
 
 
@@ -215,7 +223,8 @@ def test_zero_share_is_the_first_bin_over_all_layers() -> None:
     assert zero_share(rows) == pytest.approx(60 / (60 + 2 * (bins - 1)))
 
 
-@pytest.mark.parametrize("argv", [["--l1", "1e-3", "--versus-adamw"], ["--l2", "1e-3", "--weight-decay", "1", "--versus-adamw"]])
+@pytest.mark.parametrize("argv", [["--l1", "1e-3", "--versus-adamw"],
+                                  ["--l2", "1e-3", "--weight-decay", "1", "--versus-adamw"]])
 def test_versus_adamw_needs_l2_and_no_weight_decay(argv: list[str]) -> None:
     from l2lab.cli import parser, sweep_command
 
@@ -277,7 +286,8 @@ def test_best_lambda_per_learning_rate_and_one_heatmap_per_optimizer() -> None:
     assert best[["train.optimizer", "train.learning_rate", "best train.l2"]].values.tolist() == [
         ["adam", 1e-3, 0.0], ["adam", 1e-2, 0.0], ["sgd", 1e-3, 1e-4], ["sgd", 1e-2, 1e-3]]
     panels = heatmap_panels(summary, keys, "train.l2", "train.learning_rate")
-    assert sorted(panels) == ["heatmap_learning_rate_l2_optimizer=adam.png", "heatmap_learning_rate_l2_optimizer=sgd.png"]
+    assert sorted(panels) == ["heatmap_learning_rate_l2_optimizer=adam.png",
+                              "heatmap_learning_rate_l2_optimizer=sgd.png"]
     assert len(panels["heatmap_learning_rate_l2_optimizer=sgd.png"][0]) == 6  # 2 rates x 3 lambdas
     assert two_axes(summary, ["train.optimizer", "train.l2"]) is None  # one numeric axis: no heatmap
 
@@ -309,5 +319,6 @@ def test_a_one_point_sweeps_plots_label_its_value(l2: float) -> None:
     for name in ("accuracy_vs_lambda.png", "gap_vs_lambda.png", "weight_norm_vs_lambda.png"):
         ax = figures[name].axes[0]
         ax.figure.canvas.draw()
-        shown = [t.get_text() for t in ax.get_xticklabels() if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        shown = [t.get_text() for t in ax.get_xticklabels()
+                 if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
         assert shown == [f"{l2:g}"], (name, shown)

@@ -47,7 +47,8 @@ def sh(cwd: Path, stack: team_stack.Stack, *args: str) -> subprocess.CompletedPr
 
 def start(cwd: Path, stack: team_stack.Stack, *args: str, log: Path) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen(list(args), cwd=cwd, env=team_env(stack), stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(list(args), cwd=cwd, env=team_env(stack), stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 1.0):
@@ -125,7 +126,8 @@ def test_two_workers_one_killed_every_point_lands_once(tmp_path: Path, stack: te
     for name, point_runs in by_point.items():  # exactly one FINISHED run per point
         assert [r.info.status for r in point_runs].count("FINISHED") == 1, name
     assert sorted((r.data.params["train.l2"], r.data.params["train.optimizer"]) for r in children
-                  if r.info.status == "FINISHED") == [("0.0", "adam"), ("0.0", "sgd"), ("0.001", "adam"), ("0.001", "sgd")]
+                  if r.info.status == "FINISHED") == [("0.0", "adam"), ("0.0", "sgd"),
+                                                      ("0.001", "adam"), ("0.001", "sgd")]
     # The killed worker's run ended KILLED (its guard interrupted the training), not FINISHED.
     assert client.get_run(killed_run.info.run_id).info.status == "KILLED"
     assert len(by_point[killed_run.data.tags["dvc.exp_name"]]) == 2

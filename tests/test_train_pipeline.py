@@ -49,8 +49,10 @@ def finished_runs(project: Path) -> list:
 def test_metrics_file_and_outputs(trained: Path) -> None:
     metrics = json.loads((trained / "reports" / "metrics.json").read_text())
     test_y = np.load(trained / "data" / "processed" / "test.npz")["y"]
-    predicted = [line.split(",")[1] for line in (trained / "reports" / "plots" / "confusion.csv").read_text().splitlines()[1:]]
-    actual = [line.split(",")[0] for line in (trained / "reports" / "plots" / "confusion.csv").read_text().splitlines()[1:]]
+    predicted = [line.split(",")[1]
+                 for line in (trained / "reports" / "plots" / "confusion.csv").read_text().splitlines()[1:]]
+    actual = [line.split(",")[0]
+              for line in (trained / "reports" / "plots" / "confusion.csv").read_text().splitlines()[1:]]
     assert metrics["test_accuracy"] == pytest.approx(np.mean([a == p for a, p in zip(actual, predicted)]))
     assert len(actual) == len(test_y)
     assert metrics["generalization_gap"] == pytest.approx(metrics["train_accuracy"] - metrics["test_accuracy"])
@@ -85,15 +87,18 @@ def test_one_finished_mlflow_run_with_params_tags_and_history(trained: Path) -> 
     assert tags["l2lab.train.code"] == code_digest("l2lab.stages.train", trained / "src")
     assert tags["l2lab.evaluate.code"] == code_digest("l2lab.stages.evaluate", trained / "src")
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "penalty", "epoch_seconds",
-                "weight_norm.total", "weight_norm.conv1", "weight_norm.conv2", "weight_norm.dense1", "weight_norm.dense2"):
+                "weight_norm.total", "weight_norm.conv1", "weight_norm.conv2", "weight_norm.dense1",
+                "weight_norm.dense2"):
         history = c.get_metric_history(first.info.run_id, key)
         assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
     for key in ("test_accuracy", "test_loss", "train_accuracy", "generalization_gap", "sparsity.total"):
         assert key in first.data.metrics
     artifacts = {a.path for a in c.list_artifacts(first.info.run_id)}
-    assert {"confusion_matrix.png", "metrics.json", "weights", "per_class_report.json", "weight_histograms.json"} <= artifacts
+    assert {"confusion_matrix.png", "metrics.json", "weights", "per_class_report.json",
+            "weight_histograms.json"} <= artifacts
     histograms = json.loads(Path(mlflow.artifacts.download_artifacts(
-        f"runs:/{first.info.run_id}/weight_histograms.json", tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")).read_text())
+        f"runs:/{first.info.run_id}/weight_histograms.json",
+        tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")).read_text())
     assert histograms["columns"] == ["epoch", "layer", "bin_low", "bin_high", "count"]
     assert {row[0] for row in histograms["data"]} == set(range(EPOCHS + 1))
     for key in ("weight_abs.p10", "weight_abs.p50", "weight_abs.p90"):
@@ -205,7 +210,8 @@ class Reply:
 
 
 def post(url: str, payload: dict) -> Reply:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return Reply(response.status, response.read().decode())
@@ -234,7 +240,8 @@ def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> Non
     assert after["mlflow_run_id"] != before["mlflow_run_id"]
     assert after["test_accuracy"] == before["test_accuracy"]
     assert after["weight_norm"] == before["weight_norm"]
-    assert {k: v for k, v in after.items() if k != "mlflow_run_id"} == {k: v for k, v in before.items() if k != "mlflow_run_id"}
+    assert ({k: v for k, v in after.items() if k != "mlflow_run_id"}
+            == {k: v for k, v in before.items() if k != "mlflow_run_id"})
     runs = finished_runs(trained)
     assert len(runs) == 2 and runs[1].info.run_id == after["mlflow_run_id"]
 

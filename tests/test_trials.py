@@ -53,7 +53,8 @@ def test_two_processes_taking_at_once_never_take_one_point_twice(tmp_path: Path)
     code = ("import sys; from l2lab.studies import open_storage; from l2lab.sweeps import trials; "
             "s = open_storage(sys.argv[1]); (study,) = trials.sweeps(s)\n"
             "while (task := trials.take(s, study)) is not None: print(task.point, flush=True)")
-    procs = [subprocess.Popen([sys.executable, "-c", code, journal], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, journal], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
     taken = [line for proc in procs for line in proc.communicate(timeout=120)[0].split()]
     assert sorted(taken) == [f"p{i}" for i in range(8)]
 
@@ -201,7 +202,8 @@ def test_follow_reads_to_the_end_keeps_workers_for_waiting_points_and_says_progr
     assert results == {"a": "Success", "b": "Failed"}
     assert needed[:2] == [2, 1]
     lines = [r.message for r in caplog.records if r.message.startswith("sweep progress")]
-    assert "a: epoch 1/3, val_accuracy 0.2500" in lines[1] and lines[-1] == "sweep progress: 2/2 done (1 failed), 0 running"
+    assert ("a: epoch 1/3, val_accuracy 0.2500" in lines[1]
+            and lines[-1] == "sweep progress: 2/2 done (1 failed), 0 running")
 
 
 def trials_fail():

@@ -26,11 +26,13 @@ def study_of(project: Path, name: str) -> optuna.Study:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(project / "optuna.journal"))))
+    return optuna.load_study(study_name=name,
+                             storage=JournalStorage(JournalFileBackend(str(project / "optuna.journal"))))
 
 
 def test_a_tune_runs_every_trial_as_an_experiment_and_a_run_and_prunes(project: Path) -> None:
-    tuned = run(project, "l2lab", "tune", "--trials", "4", "--jobs", "2", "--seed", "3", "--sampler", "random", "--pruner", "median",
+    tuned = run(project, "l2lab", "tune", "--trials", "4", "--jobs", "2", "--seed", "3", "--sampler", "random",
+                "--pruner", "median",
                 "--space", "train.learning_rate=log:1e-5:3e-2", "--space", "train.l2=log:1e-6:1e-2",
                 "-S", f"train.epochs={EPOCHS}")
     tune_id = re.search(r"tune (tune-\d{8}-\d{6}-[0-9a-f]{6}):", tuned.stderr).group(1)
@@ -50,7 +52,8 @@ def test_a_tune_runs_every_trial_as_an_experiment_and_a_run_and_prunes(project: 
     parent = client.search_runs([experiment], f"tags.`l2lab.sweep_id` = '{tune_id}' and tags.`l2lab.role` = 'sweep'")[0]
     assert parent.data.tags[STUDY_TAG] == tune_id and parent.data.tags["l2lab.kind"] == "tune"
     assert parent.data.params["tune.space.train.l2"] == "log:1e-6:1e-2" and parent.info.status == "FINISHED"
-    children = {r.info.run_id: r for r in client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")}
+    children = {r.info.run_id: r
+                for r in client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")}
     assert len(children) == 4
     shown = run(project, "dvc", "exp", "show", "--json").stdout
     for trial in trials:

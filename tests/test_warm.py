@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(sys.platform != "linux", reaso
 
 WARM_LINE = "runs in a child of the warm stage server"
 TRAIN = ["python", "-m", "l2lab.stages.train", "--data-dir", "data/processed", "--data-summary", "reports/data.json",
-         "--model", "models/model.keras", "--run-info", "models/mlflow_run.json", "--history", "reports/plots/history.csv"]
+         "--model", "models/model.keras", "--run-info", "models/mlflow_run.json",
+         "--history", "reports/plots/history.csv"]
 
 
 @pytest.fixture
@@ -96,7 +97,8 @@ def test_signals_reach_the_stage_and_a_killed_stage_takes_its_child(project: Pat
                 time.sleep(0.2)
             assert server.children() == []  # the child ended with its stage, whichever way
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    statuses = sorted(r.info.status for r in client.search_runs([client.get_experiment_by_name("cifar10-l2").experiment_id]))
+    statuses = sorted(r.info.status
+                      for r in client.search_runs([client.get_experiment_by_name("cifar10-l2").experiment_id]))
     # SIGTERM and Ctrl-C end their runs KILLED in the stage; the SIGKILLed one is left RUNNING by a process
     # that is gone, which the next stage (or l2lab gc) ends KILLED, as for a stage killed without the server.
     assert statuses == ["KILLED", "KILLED", "RUNNING"]
@@ -126,6 +128,7 @@ def test_a_stage_waits_for_a_starting_server_and_not_for_a_dead_one(tmp_path: Pa
     assert not listening(sock)  # it ended before listening: no wait
     assert time.monotonic() - started < 5
     (tmp_path / PID_FILE).write_text(str(os.getpid()))  # alive, still importing
-    appears = subprocess.Popen([sys.executable, "-c", f"import time, pathlib; time.sleep(0.5); pathlib.Path({str(sock)!r}).touch()"])
+    appears = subprocess.Popen([sys.executable, "-c",
+                                f"import time, pathlib; time.sleep(0.5); pathlib.Path({str(sock)!r}).touch()"])
     assert listening(sock)  # waited for it
     appears.wait()
