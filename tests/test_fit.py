@@ -290,3 +290,20 @@ def test_augmentation_changes_training_but_never_the_validation_images() -> None
         predicted = model.predict(val[0], verbose=0).argmax(axis=1)
         assert history["val_accuracy"][-1] == pytest.approx(float(np.mean(predicted == val[1])), abs=1e-6)
     assert histories["none"]["loss"] != histories["flip_crop"]["loss"]
+
+
+def test_a_refit_without_validation_trains_the_same_model_as_one_that_validates(caplog) -> None:  # noqa: ANN001
+    """data.fold all validates on nothing: the epochs' lines and history leave val out, and the weights are those
+    of the same training with a validation split (validating never touches them)."""
+    train = TrainParams(**{**TRAIN, "epochs": 2})
+    x, y = learnable(200, seed=0)
+    empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
+    data, val = input_pipelines(train, (x, y), empty)
+    assert val is None
+    refit, history = fit(train, data, val, lambda epoch, logs: None)
+    assert "val_accuracy" not in history and len(history["accuracy"]) == 2
+    assert "epoch 2/2: loss" in caplog.text and "val_loss" not in caplog.text
+    data, val = input_pipelines(train, (x, y), learnable(40, seed=1))
+    validated, _ = fit(train, data, val, lambda epoch, logs: None)
+    for a, b in zip(refit.get_weights(), validated.get_weights()):
+        assert np.array_equal(a, b)

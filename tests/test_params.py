@@ -24,8 +24,9 @@ def test_repo_params_load_and_flatten(raw: dict) -> None:
     assert flat["train.l2"] == 0.001 and flat["data.val_size"] == 5000
     assert flat["train.seed"] == 42 and flat["data.split_seed"] == 42
     assert flat["data.train_size"] is None
+    assert flat["data.folds"] == 0 and flat["data.fold"] == 0  # the fixed split
     assert set(flat) == {"data.url", "data.sha256", "data.val_size", "data.split_seed", "data.train_size",
-                         "train.seed", "train.l2",
+                         "data.folds", "data.fold", "train.seed", "train.l2",
                          "train.l1", "train.weight_decay", "train.learning_rate", "train.batch_size", "train.epochs",
                          "train.precision", "train.optimizer", "train.momentum", "train.nesterov", "train.schedule",
                          "train.warmup_epochs", "train.augment"}

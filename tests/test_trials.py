@@ -24,6 +24,11 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path):
                         else f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
+def point_states(study) -> dict[str, str]:
+    """Point name -> its latest trial's state."""
+    return {name: t.state.name for name, t in trials.latest_tries(study.get_trials()).items()}
+
+
 def grid_study(storage, name: str, points: list[str]):
     study = trials.new_study(storage, name)
     trials.open_to_workers(study, name, {"commit": "c0ffee", "snapshot": "c0ffee", "parent_run_id": "p"},
@@ -39,9 +44,9 @@ def test_each_point_is_taken_once_and_its_state_follows_its_latest_trial(storage
     assert (first.point, first.sets, first.retry_of) == ("a", {"train.l2": "0"}, None)
     assert second.point == "b"
     assert trials.take(storage, study) is None  # nothing waiting: never a fresh, empty trial
-    assert trials.point_states(study) == {"a": "Running", "b": "Running"}
+    assert point_states(study) == {"a": "RUNNING", "b": "RUNNING"}
     study.tell(first.number, 0.5)
-    assert trials.point_states(study)["a"] == "Success"
+    assert point_states(study)["a"] == "COMPLETE"
     assert len(study.trials) == 2
     with pytest.raises(L2labError, match="no sweep 'nope'"):
         trials.sweeps(storage, "nope")
@@ -69,7 +74,7 @@ def test_a_point_whose_local_worker_died_is_queued_again_at_the_next_read(storag
     retry = trials.take(storage, study)
     assert (retry.point, retry.sets, retry.retry_of) == ("a", {"train.l2": "0"}, task.number)
     assert {t.number: t.state.name for t in study.get_trials()} == {task.number: "FAIL", retry.number: "RUNNING"}
-    assert trials.point_states(study) == {"a": "Running"}  # the retry supersedes the failure
+    assert point_states(study) == {"a": "RUNNING"}  # the retry supersedes the failure
     assert trials.reap(storage, study) == []  # the retry's worker (this process) lives
 
 
@@ -86,7 +91,7 @@ def test_a_point_whose_remote_worker_went_silent_is_queued_again_after_the_grace
         assert trials.reap(storage, study) == []  # both within the grace
         time.sleep(2.0)
         assert trials.reap(storage, study) == ["a"]
-    assert trials.point_states(study) == {"a": "Queued", "b": "Running"}
+    assert point_states(study) == {"a": "WAITING", "b": "RUNNING"}
 
 
 @pytest.mark.fault
@@ -97,7 +102,7 @@ def test_a_point_whose_workers_keep_dying_fails_after_its_retries(storage, caplo
         storage.set_trial_user_attr(task.trial_id, "l2lab.pid", "999999999")
         trials.reap(storage, study)
     assert trials.take(storage, study) is None
-    assert trials.point_states(study) == {"a": "Failed"}
+    assert point_states(study) == {"a": "FAIL"}
     assert "its worker is gone (trial 3), 4 tries in all: it counts as failed" in caplog.text
 
 

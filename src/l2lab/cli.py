@@ -26,6 +26,12 @@ def parser() -> argparse.ArgumentParser:
                        "(the same step under plain SGD): one report of coupled against decoupled decay")
     sweep.add_argument("--seeds", help="comma-separated training seeds (train.seed): every point runs once per "
                        "seed, on the same validation split")
+    sweep.add_argument("--folds", type=int, default=0, metavar="K",
+                       help="K-fold cross-validation: every point runs once per fold (data.folds = K, data.fold = "
+                       "0..K-1), the report gives mean ± standard error over folds, lambda_min and lambda_1se")
+    sweep.add_argument("--refit", choices=["min", "1se", "none"], default=None,
+                       help="with --folds: once the folds are done, train the picked point (lambda_1se by default, "
+                       "or lambda_min) on the whole pool and evaluate it once on test: the sweep's champion")
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                        help="any params.yaml key as an axis, numbers or names, e.g. --grid train.learning_rate="
                        "3e-4,1e-3 --grid train.optimizer=adam,sgd (repeatable; grids multiply)")
@@ -91,9 +97,30 @@ def sweep_command(args: argparse.Namespace) -> int:
                          "and no --weight-decay")
     check_jobs(args.jobs)
     fixed = parse_sets(args.sets)
+    refit = cross_validation(args, axes, fixed)
     sweep_id, points, epochs = plan(axes, fixed, Path.cwd(), args.versus_adamw)  # every point checked before any work
     return run_sweep(args, storage_url(args.storage), sweep_id, "points", points=points, epochs=epochs, axes=axes,
-                     fixed=fixed, versus_adamw=args.versus_adamw)
+                     fixed=fixed, versus_adamw=args.versus_adamw, refit=refit)
+
+
+def cross_validation(args: argparse.Namespace, axes: dict[str, list[str]], fixed: dict[str, str]) -> str | None:
+    """--folds K: data.fold an axis of 0..K-1 and data.folds = K for every point; return the refit's rule
+    (None without folds, or with --refit none)."""
+    from l2lab.sweeps.cv import FOLD, FOLDS
+
+    if not args.folds:
+        if args.refit:
+            raise L2labError("--refit picks a point by cross-validation: give --folds K as well")
+        return None
+    if args.folds < 2:
+        raise L2labError(f"--folds must be at least 2, got {args.folds}")
+    taken = [key for key in (FOLD, FOLDS) if key in axes or key in fixed]
+    if taken:
+        raise L2labError(f"--folds sets {FOLDS} and {FOLD} for every point; give {taken[0]} no other way")
+    axes[FOLD] = [str(fold) for fold in range(args.folds)]
+    fixed[FOLDS] = str(args.folds)
+    rule = args.refit or "1se"
+    return None if rule == "none" else rule
 
 
 def tune_command(args: argparse.Namespace) -> int:

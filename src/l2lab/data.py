@@ -34,6 +34,20 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
+def fold_split(labels: np.ndarray, pool: np.ndarray, folds: int, fold: int | str,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of one cross-validation fold of pool (sorted indices into labels): scikit-learn's
+    StratifiedKFold over the pool, shuffled and seeded by data.split_seed; fold i validates, the others
+    train. Fold "all": the whole pool trains and nothing validates (a refit)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if fold == "all":
+        return pool, np.empty(0, dtype=pool.dtype)
+    parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(pool, labels[pool])
+    train, val = next(part for i, part in enumerate(parts) if i == fold)
+    return pool[train], pool[val]
+
+
 def save_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     """Write x and y uncompressed: loading is a plain read, no inflate."""
     with path.open("wb") as f:

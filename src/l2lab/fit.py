@@ -121,7 +121,7 @@ class DeviceResident(keras.Model):
     (and augmenting the training images there, when train.augment asks)."""
 
     def __init__(self, network: keras.Model, train_table: tuple[tf.Tensor, tf.Tensor],
-                 val_table: tuple[tf.Tensor, tf.Tensor], augment: str = "none", seed: int = 0) -> None:
+                 val_table: tuple[tf.Tensor, tf.Tensor] | None, augment: str = "none", seed: int = 0) -> None:
         super().__init__(name=f"{network.name}_on_device")
         self.network, self.train_table, self.val_table = network, train_table, val_table
         self.augment, self.seed = augment, seed
@@ -175,11 +175,10 @@ class EpochReport(keras.callbacks.Callback):
         logs.update(weight_terms(self.model))
         logs["epoch_seconds"] = time.perf_counter() - self.started
         step = epoch + 1
-        log.info(
-            "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f weight_norm %.3f (%.1f s)",
-            step, self.epochs, logs["loss"], logs["accuracy"], logs["val_loss"],
-            logs["val_accuracy"], logs["weight_norm.total"], logs["epoch_seconds"],
-        )
+        val = (f" val_loss {logs['val_loss']:.4f} val_accuracy {logs['val_accuracy']:.4f}" if "val_loss" in logs
+               else "")  # a refit validates on nothing
+        log.info("epoch %d/%d: loss %.4f accuracy %.4f%s weight_norm %.3f (%.1f s)", step, self.epochs, logs["loss"],
+                 logs["accuracy"], val, logs["weight_norm.total"], logs["epoch_seconds"])
         if not math.isfinite(logs["loss"]):
             raise DivergedError(
                 f"training diverged at epoch {step}: loss is {logs['loss']}; "
@@ -240,17 +239,18 @@ class WeightHistograms(keras.callbacks.Callback):
         self.record(epoch + 1)
 
 
-def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray],
-                    val_xy: tuple[np.ndarray, np.ndarray], device: str | None = None) -> tuple[Batches, Batches]:
+def input_pipelines(train: TrainParams, train_xy: tuple[np.ndarray, np.ndarray], val_xy: tuple[np.ndarray, np.ndarray],
+                    device: str | None = None) -> tuple[Batches, Batches | None]:
     """(train, val) batches with both splits resident on the training device (default: the one
-    devices.prepare_device chooses): one copy on a GPU; on the CPU the tables are the arrays themselves."""
+    devices.prepare_device chooses): one copy on a GPU; on the CPU the tables are the arrays themselves.
+    val is None for a split without images (a refit: the whole pool trains)."""
     if device is None:
         device = prepare_device().name
     return (batches(*train_xy, train.batch_size, device, seed=train.seed, passes=train.epochs),
-            batches(*val_xy, VAL_BATCH, device))
+            batches(*val_xy, VAL_BATCH, device) if len(val_xy[1]) else None)
 
 
-def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
+def fit(train: TrainParams, data: Batches, val: Batches | None, sink: EpochSink,
         callbacks: Sequence[keras.callbacks.Callback] = ()) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train a fresh model; return it and its history: one row per epoch, "epoch" counted from 1.
 
@@ -260,12 +260,12 @@ def fit(train: TrainParams, data: Batches, val: Batches, sink: EpochSink,
     # mixed_float16: compile wraps the optimizer in Keras's LossScaleOptimizer (dynamic loss scaling).
     keras.mixed_precision.set_global_policy(train.precision)
     network = build_model(train)
-    model = DeviceResident(network, data.table, val.table, train.augment, train.seed)
+    model = DeviceResident(network, data.table, val.table if val else None, train.augment, train.seed)
     model = compile_model(train, steps_per_execution(data.steps), model, steps_per_epoch=data.steps)
     history = model.fit(
         data.dataset,
         steps_per_epoch=data.steps,
-        validation_data=val.dataset,
+        validation_data=val.dataset if val else None,
         epochs=train.epochs,
         callbacks=[keras.callbacks.TerminateOnNaN(), EpochReport(train.epochs, sink), *callbacks],
         shuffle=False,  # the dataset reshuffles itself, seeded

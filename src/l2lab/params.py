@@ -60,6 +60,12 @@ def _check_sha256(value: object) -> str:
     return value.lower()
 
 
+def _check_fold(value: Any) -> Any:
+    if value != "all" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError("must be a fold's number (0..data.folds - 1) or all")
+    return value
+
+
 class _Section(BaseModel):
     # No defaults: params.yaml is the one source of every value, so a missing key is an error.
     # strict: no silent "1" -> 1 or true -> 1.0 coercion; frozen: params are read-only.
@@ -74,6 +80,13 @@ class DataParams(_Section):
     # a stratified subset of the train split; None: all
     train_size: int | None = Field(ge=NUM_CLASSES, le=TRAIN_IMAGES - NUM_CLASSES)
 
+    # Cross-validation, with defaults so that a params.yaml without them splits as data.val_size says.
+    # folds = K >= 2: the pool (the images the fixed split trains and validates on: data.train_size +
+    # data.val_size of them, or all TRAIN_IMAGES when train_size is null) is cut into K stratified folds
+    # (seeded by split_seed); fold i validates and the others train; "all": the whole pool trains (a refit).
+    folds: int = Field(default=0, ge=0)  # 0: the fixed split
+    fold: Annotated[int | Literal["all"], BeforeValidator(_check_fold)] = 0
+
     @field_validator("train_size")
     @classmethod
     def _fits_beside_val(cls, size: int | None, info: ValidationInfo) -> int | None:
@@ -82,6 +95,33 @@ class DataParams(_Section):
             raise ValueError(f"is more than the {TRAIN_IMAGES - val} training images that data.val_size = {val} "
                              f"leaves of CIFAR-10's {TRAIN_IMAGES}")
         return size
+
+    @field_validator("folds")
+    @classmethod
+    def _folds_hold_every_class(cls, folds: int, info: ValidationInfo) -> int:
+        if folds == 1:
+            raise ValueError("must be 0 (the fixed split) or at least 2")
+        val, size = info.data.get("val_size"), info.data.get("train_size")
+        pool = pool_size(val, size) if val is not None else None
+        if folds and pool is not None and pool // folds < NUM_CLASSES:
+            raise ValueError(f"{folds} folds of the pool's {pool} images (data.train_size + data.val_size) hold "
+                             f"fewer than one image per class each; at most {pool // NUM_CLASSES}")
+        return folds
+
+    @field_validator("fold")
+    @classmethod
+    def _fold_in_range(cls, fold: int | str, info: ValidationInfo) -> int | str:
+        folds = info.data.get("folds")
+        if folds == 0 and fold != 0:
+            raise ValueError("applies to cross-validation only (data.folds >= 2), and data.folds is 0")
+        if folds and isinstance(fold, int) and not 0 <= fold < folds:
+            raise ValueError(f"must be one of 0..{folds - 1} (data.folds = {folds}), or all (the whole pool trains)")
+        return fold
+
+
+def pool_size(val_size: int, train_size: int | None) -> int:
+    """The labelled images a run may learn from: the fixed split's train and val together."""
+    return TRAIN_IMAGES if train_size is None else train_size + val_size
 
 
 class TrainParams(_Section):

@@ -86,15 +86,17 @@ def per_class_rows(confusion: np.ndarray, classes: list[str]) -> list[dict[str, 
 
 
 def score(model: Any, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]) -> Evaluation:
-    """Accuracy and loss on test, accuracy on train and val, the gap, and final weight statistics."""
+    """Accuracy and loss on test, accuracy on train and val, the gap, and final weight statistics. A split
+    without images (a refit's val: nothing validates) has no metrics."""
+    splits = {name: split for name, split in splits.items() if len(split[1])}
     run = forward(model)  # one trace for the three splits
     probs = {name: normalised(run(x)) for name, (x, _) in splits.items()}
     pred = {name: p.argmax(axis=1) for name, p in probs.items()}
     y = {name: labels for name, (_, labels) in splits.items()}
     ks = kernels(model)
-    accuracy = {split: float(np.mean(y[split] == pred[split])) for split in ("val", "test", "train")}
+    accuracy = {split: float(np.mean(y[split] == pred[split])) for split in splits}
     metrics: dict[str, Any] = {  # in the order tables show them: what a lambda study compares first
-        "val_accuracy": accuracy["val"],
+        **({"val_accuracy": accuracy["val"]} if "val" in accuracy else {}),
         "test_accuracy": accuracy["test"],
         "generalization_gap": accuracy["train"] - accuracy["test"],
         "weight_norm": weight_norms(ks),

@@ -18,7 +18,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 from l2lab.data import load_split  # noqa: E402
-from l2lab.files import write_confusion_pairs, write_json, write_rows  # noqa: E402
+from l2lab.files import file_sha256, write_confusion_pairs, write_json, write_rows  # noqa: E402
 from l2lab.imports import pyplot, quiet_tensorflow  # noqa: E402
 from l2lab.params import flatten  # noqa: E402
 from l2lab.process import run_stage  # noqa: E402
@@ -58,9 +58,11 @@ def evaluate(paths: EvalPaths) -> dict:
     splits = {name: load_split(paths.data_dir / f"{name}.npz") for name in ("train", "val", "test")}
     model = keras.models.load_model(paths.model)
     with resumed_run(store, run_id, "evaluate") as run:
+        run.log_splits({"test": file_sha256(paths.data_dir / "test.npz")}, json.loads(paths.data_summary.read_text()))
         result = score(model, splits, classes)
         lead = ("val_accuracy", "test_accuracy", "generalization_gap", "weight_norm")  # what dvc exp show shows first
-        metrics = {**{k: result.metrics[k] for k in lead}, "mlflow_run_id": run_id, **result.metrics}
+        metrics = {**{k: result.metrics[k] for k in lead if k in result.metrics}, "mlflow_run_id": run_id,
+                   **result.metrics}
         write_confusion_pairs(paths.confusion, splits["test"][1], result.test_pred, classes)
         header = list(result.per_class[0])
         write_rows(paths.per_class, header, [[row[k] for k in header] for row in result.per_class])

@@ -11,7 +11,7 @@ import numpy as np
 
 from l2lab.archive import (META, SYNTHETIC_MARK, TEST_BATCH, TRAIN_BATCHES, batch_arrays, class_names, load_pickle,
                            read_batches)
-from l2lab.data import save_split, stratified_split, stratified_subset
+from l2lab.data import fold_split, save_split, stratified_split, stratified_subset
 from l2lab.errors import L2labError
 from l2lab.files import atomic_outputs, file_sha256, write_json
 from l2lab.params import load_params
@@ -39,11 +39,14 @@ def load_cifar(archive: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
 
 
 def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, split_seed: int,
-               train_size: int | None = None) -> dict[str, Any]:
+               train_size: int | None = None, folds: int = 0, fold: int | str = 0) -> dict[str, Any]:
     """Write {train,val,test}.npz under out_dir and the summary; return the summary.
 
     train_size keeps a stratified subset of the training split (the overfitting regime);
-    the validation split and the test set are the same whatever it is.
+    the validation split and the test set are the same whatever it is. folds >= 2: the
+    fixed split's train and val together are the pool, and fold (of folds) validates
+    (data.fold; "all": the whole pool trains, nothing validates). The test set is never
+    in the pool.
     """
     sets, names, synthetic = load_cifar(archive)
     x, y = sets.pop("train")
@@ -61,6 +64,9 @@ def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, 
         log.warning("data.val_size = %d leaves %d training images (%d in the smallest class), fewer than it "
                     "validates on: is that meant? (CIFAR-10's usual split holds out 5000)",
                     val_size, len(train_idx), fewest)
+    pool = len(train_idx) + len(val_idx)
+    if folds:
+        train_idx, val_idx = cross_validation_fold(y, np.union1d(train_idx, val_idx), folds, fold, split_seed)
     sets["train"] = (x[train_idx], y[train_idx])
     sets["val"] = (x[val_idx], y[val_idx])
     del x
@@ -71,10 +77,22 @@ def preprocess(archive: Path, out_dir: Path, summary_path: Path, val_size: int, 
     summary = summarize(sets, names, file_sha256(archive))
     summary["dataset"] = "synthetic demo data (not CIFAR-10)" if synthetic else "cifar-10"
     summary["synthetic"] = synthetic
+    summary["folds"], summary["fold"], summary["pool"] = folds, fold, pool  # fold `fold` of `folds` (0: fixed split)
     write_json(summary_path, summary)
     for split in SPLITS:
         log.info("%s: %d images", split, summary[split]["total"])
     return summary
+
+
+def cross_validation_fold(y: np.ndarray, pool: np.ndarray, folds: int, fold: int | str,
+                          split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices of one fold of the pool; one line when a class has fewer images than folds."""
+    try:
+        return fold_split(y, pool, folds, fold, split_seed)
+    except ValueError as exc:  # scikit-learn: a class with fewer members than folds
+        fewest = int(np.bincount(y[pool]).min())
+        raise L2labError(f"data.folds: {folds} folds need at least {folds} images of each class in the pool "
+                         f"(data.train_size + data.val_size); its smallest class has {fewest}: {exc}") from None
 
 
 def training_subset(y: np.ndarray, train_idx: np.ndarray, size: int, split_seed: int) -> np.ndarray:
@@ -109,7 +127,8 @@ def main() -> None:
 
     def body() -> None:
         data = load_params(args.params).data
-        preprocess(args.archive, args.out_dir, args.summary, data.val_size, data.split_seed, data.train_size)
+        preprocess(args.archive, args.out_dir, args.summary, data.val_size, data.split_seed, data.train_size,
+                   data.folds, data.fold)
 
     run_stage(body)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from l2lab.data import load_split  # noqa: E402
+from l2lab.errors import L2labError  # noqa: E402
 from l2lab.files import atomic_outputs, file_sha256, write_history  # noqa: E402
 from l2lab.imports import quiet_tensorflow  # noqa: E402
 from l2lab.params import Params, load_params  # noqa: E402
@@ -52,9 +53,12 @@ def train(params: Params, paths: TrainPaths) -> str:
     split_sha256 = {split: file_sha256(path) for split, path in files.items()}
     with training_run(store, params.flat(), summary, split_sha256) as run:
         run.set_tags({DEVICE_TAG: device.label})
+        run.log_splits(split_sha256, summary)
         histograms = WeightHistograms()
         callbacks = [histograms]
         trial = trial_link(store.client.get_run(run.run_id).data.tags)  # None unless an l2lab tune's trial
+        if trial is not None and val is None:
+            raise L2labError("a tune's trial is pruned on its validation accuracy: data.fold all validates on nothing")
         if trial is not None:
             callbacks.append(pruning := StopWhen(trial.report, params.train.epochs))
         model, history = fit(params.train, data, val, lambda epoch, logs: run.log_metrics(logs, step=epoch), callbacks)

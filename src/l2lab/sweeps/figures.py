@@ -66,6 +66,27 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
     return figures
 
 
+def cv_figure(cv, axis: str, chosen, series: str | None = None):
+    """The cross-validation curve: mean val_accuracy over folds ± one standard error against the penalty (log
+    axis, 0 shown), one line per value of series; lambda_min and lambda_1se marked, the 1se threshold drawn."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, rows in series_groups(cv, series, axis).items():
+        ax.errorbar(rows[axis], rows["val_accuracy_mean"], yerr=rows["val_accuracy_se"].fillna(0.0), marker="o",
+                    capsize=3, label=label or "mean ± 1 s.e. over folds")
+    for row, style, name in ((chosen.best, "-", "lambda_min"), (chosen.one_se, "--", "lambda_1se")):
+        ax.axvline(row[axis], color="C3" if name == "lambda_min" else "C2", linestyle=style,
+                   label=f"{name} = {row[axis]:g}")
+    ax.axhline(chosen.threshold, color="grey", linestyle=":", linewidth=1, label="best mean - 1 s.e.")
+    _lambda_axis(ax, cv[axis])
+    ax.set_xlabel(AXIS_LABELS.get(axis, axis))
+    ax.set_ylabel("val accuracy (mean ± 1 s.e. over folds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 HEATMAPS = (("val_accuracy_mean", "mean val accuracy"), ("test_accuracy_mean", "mean test accuracy"),
             ("weight_norm_total_mean", "mean total kernel norm"))
 

@@ -40,7 +40,7 @@ def progress_line(done: int, total: int, failed: int, running: dict[str, Progres
 
 
 def follow(storage: Any, study: Any, total: int, progress: Callable[[Any], Progress],
-           keep: Callable[[int], None] = lambda needed: None) -> dict[str, str]:
+           keep: Callable[[int], None] = lambda needed: None, seen: dict[str, str] | None = None) -> dict[str, str]:
     """Read the study until total points have ended; return point name -> Success/Failed.
 
     Each read first fails the trials whose worker is gone and queues their points again
@@ -48,9 +48,9 @@ def follow(storage: Any, study: Any, total: int, progress: Callable[[Any], Progr
     silence), then calls keep(needed) with how many points wait for a worker (this machine's
     workers are kept going, l2lab.sweeps.run). A progress line whenever the counts change and
     at least every PROGRESS_SECONDS while points run, with each running point's epoch
-    (progress(trial)).
+    (progress(trial)). seen: the points an earlier call followed to their end (a refit's follows its folds').
     """
-    seen: dict[str, str] = {}
+    seen = dict(seen or {})
     last_counts, last_logged, started = "", 0.0, time.monotonic()
     while True:
         trials.reap(storage, study)

@@ -13,8 +13,9 @@ import pandas as pd
 from l2lab.errors import L2labError, first_line
 from l2lab.files import atomic_outputs
 from l2lab.studies import PRUNED_TAG, TRIAL_TAG
-from l2lab.sweeps.figures import (best_cell, heatmap_figure, save_figure, series_groups, sweep_figures,
+from l2lab.sweeps.figures import (best_cell, cv_figure, heatmap_figure, save_figure, series_groups, sweep_figures,
                                   weight_distribution_figure)
+from l2lab.sweeps.cv import FOLD, Picks, picks, summary as cv_summary
 from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep, slug
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
@@ -56,7 +57,8 @@ def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.Data
     keys = list(dict.fromkeys((*axes, *AXES)))  # the sweep's axes first, then the others every sweep has
     rows = []
     for run in runs:
-        row: dict[str, Any] = {key: axis_value(run["params"][key]) for key in keys if key in run["params"]}
+        row: dict[str, Any] = {key: (run["params"][key] if key == FOLD else axis_value(run["params"][key]))
+                               for key in keys if key in run["params"]}  # a fold is 0..K-1 or "all": text
         row["epochs"] = int(run["params"].get("train.epochs", 0))
         row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
         row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"])
@@ -67,21 +69,23 @@ def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.Data
 
 
 PENALTIES = ("train.l2", "train.weight_decay", "train.l1")  # what the lambda plots put on x, first found first
+REPEATS = (SEED, FOLD)  # axes whose runs repeat a point: its seeds, its cross-validation folds
 
 
 def plot_axis(recorded: dict[str, list[Any]]) -> str:
     """The axis the plots put on x: the first penalty the sweep varied, else its first numeric axis, else
     its first (train.l2 if it varied only seeds)."""
-    varied = [key for key in recorded if key != SEED]
+    varied = [key for key in recorded if key not in REPEATS]
     numeric = [key for key in varied
                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in recorded[key])]
     return next((key for key in PENALTIES if key in varied), next(iter(numeric or varied), "train.l2"))
 
 
 def point_keys(recorded: dict[str, list[Any]]) -> list[str]:
-    """What tells a sweep's points apart, seeds aside: every other axis in grid order, the plot axis last."""
+    """What tells a sweep's points apart, seeds and folds aside: every other axis in grid order, the plot axis
+    last."""
     axis = plot_axis(recorded)
-    return [key for key in recorded if key not in (SEED, axis)] + [axis]
+    return [key for key in recorded if key not in (*REPEATS, axis)] + [axis]
 
 
 def versus_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -211,18 +215,30 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
         table, keys = versus_columns(table), [PENALTY, STRENGTH]
     else:
         keys = point_keys(recorded)
-    champion = choose_champion(table, keys)
+    folds = len(recorded.get(FOLD, []))
+    grid = table[table[FOLD] != "all"] if folds else table  # a refit is no point of the grid
+    cv = cv_summary(grid, keys, folds) if folds else None
+    chosen = picks(cv, keys[-1]) if cv is not None else None
+    champion = refit_row(table) if folds else None
+    if champion is None:
+        champion = choose_champion(grid, keys)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None else None
     folder = out_root / sweep_id
-    best, heat_axes = write_files(folder, table, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version,
-                                  lines=space is None)
+    best, heat_axes = write_files(folder, grid, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version,
+                                  lines=space is None, cv=cv, chosen=chosen, every=table)
     if space is not None:
         tune_figures(sweep_id, folder)
     if histograms and (len(keys) == 1 or sweep_versus(store, parent_id)):  # one axis (or coupled vs decoupled)
-        save_figure(weight_distribution_figure(distributions(table, keys, histograms), keys[-1]),
+        save_figure(weight_distribution_figure(distributions(grid, keys, histograms), keys[-1]),
                     folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
     return Report(sweep_id, keys, table, champion, version, folder, best, heat_axes)
+
+
+def refit_row(table: pd.DataFrame) -> pd.Series | None:
+    """A cross-validated sweep's refit run (data.fold all), evaluated: the champion by the sweep's rule."""
+    done = table[(table[FOLD] == "all") & (table["status"] == "FINISHED") & table["test_accuracy"].notna()]
+    return done.iloc[0] if len(done) else None
 
 
 def distributions(table: pd.DataFrame, keys: list[str], histograms: dict[str, pd.DataFrame]
@@ -254,25 +270,34 @@ def zero_share(histogram: pd.DataFrame) -> float:
 
 
 def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict[str, list[float]],
-                champion: pd.Series | None, version: str | None, lines: bool = True
+                champion: pd.Series | None, version: str | None, lines: bool = True, cv: pd.DataFrame | None = None,
+                chosen: Picks | None = None, every: pd.DataFrame | None = None
                 ) -> tuple[pd.DataFrame | None, tuple[str, str] | None]:
     """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots; with two
     numeric axes also best_per_row.csv and heatmaps. Returns the best-per-row table and its (x, y), if any.
-    lines=False (a tune: drawn values, not a grid): no line plots, heatmaps or best-per-row table."""
+    lines=False (a tune: drawn values, not a grid): no line plots, heatmaps or best-per-row table.
+    cv: a cross-validated sweep's summary over folds (cv.csv, its section of table.md, cv_curve.png), with its
+    picks; table is then the fold runs, every the fold runs and the refit (table.csv)."""
     folder.mkdir(parents=True, exist_ok=True)
+    every = table if every is None else every
     summary = summary_table(table, keys)
-    noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None else ""
+    refit = champion is not None and FOLD in champion and champion[FOLD] == "all"
+    noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None and not refit else ""
+    cv_text = cv_section(cv, keys, chosen) if cv is not None else ""
     grid2 = two_axes(summary, keys) if lines else None
     best = best_per_row(summary, keys, *grid2) if grid2 else None
     best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
     outputs = (folder / "table.csv", folder / "summary.csv", folder / "table.md")
     with atomic_outputs(*outputs) as (csv_tmp, sum_tmp, md_tmp):
-        table.to_csv(csv_tmp, index=False)
+        every.to_csv(csv_tmp, index=False)
         summary.to_csv(sum_tmp, index=False)
-        md_tmp.write_text("Mean ± std over seeds (sample std; none with one run):\n\n"
+        md_tmp.write_text(cv_text + "Mean ± std over seeds (sample std; none with one run):\n\n"
                           + summary_markdown(summary, keys)
-                          + "\n" + best_text + "\nEvery run:\n\n" + markdown(table) + "\n"
+                          + "\n" + best_text + "\nEvery run:\n\n" + markdown(every) + "\n"
                           + champion_line(champion, keys, version) + "\n\n" + noise + "\n")
+    if cv is not None:
+        with atomic_outputs(folder / "cv.csv") as (cv_tmp,):
+            cv.to_csv(cv_tmp, index=False)
     if best is not None:
         with atomic_outputs(folder / "best_per_row.csv") as (best_tmp,):
             best.to_csv(best_tmp, index=False)
@@ -289,7 +314,30 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     if grid2:
         for name, (cells, title) in heatmap_panels(summary, keys, *grid2).items():
             save_figure(heatmap_figure(cells, *grid2, title), folder / name)
+    if cv is not None and chosen is not None and pd.api.types.is_numeric_dtype(cv[keys[-1]]):
+        cv_lines, series = with_series(cv, keys)
+        save_figure(cv_figure(cv_lines, keys[-1], chosen, series), folder / "cv_curve.png")
     return best, grid2
+
+
+def cv_section(cv: pd.DataFrame, keys: list[str], chosen: Picks | None) -> str:
+    """table.md's cross-validation part: per point, mean ± standard error over folds, the two picks, the rule."""
+    def cell(row: pd.Series, column: str) -> str:
+        mean, se = row[f"{column}_mean"], row[f"{column}_se"]
+        return f"{mean:.4f}" if pd.isna(se) else f"{mean:.4f} ± {se:.4f}"
+
+    shown = pd.DataFrame({**{k: cv[k] for k in keys}, "folds": cv["folds"],
+                          **{c: [cell(r, c) for _, r in cv.iterrows()] for c in ("val_accuracy", "val_loss")}})
+    text = ("Cross-validation: mean ± standard error over folds (a fold's seeds averaged first; standard error = "
+            "sample std / sqrt(folds)):\n\n" + markdown(shown) + "\n")
+    if chosen is None:
+        return text + "No point has all its folds finished: no lambda_min, no lambda_1se.\n\n"
+    return text + (f"lambda_min (best mean val_accuracy): {point_label(chosen.best, keys)}, "
+                   f"{chosen.best['val_accuracy_mean']:.4f}. lambda_1se (the largest {keys[-1]}, the simpler model, "
+                   f"whose mean val_accuracy is at least the best mean minus its standard error, "
+                   f"{chosen.threshold:.4f}): {point_label(chosen.one_se, keys)}, "
+                   f"{chosen.one_se['val_accuracy_mean']:.4f}. Only points with every fold finished are "
+                   "considered; the test set plays no part.\n\n")
 
 
 TRIAL, PRUNED = "trial", "pruned_at_epoch"  # a tune's columns: the trial's number, the epoch its pruner stopped it at

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class Sweeping:
     fixed: dict[str, str]
     versus_adamw: bool = False
     tune: Tune | None = None
-    settings: dict[str, str] = field(default_factory=dict)
+    refit: str | None = None  # a cross-validated grid's rule (min, 1se): its pick trains on the whole pool at the end
 
 
 def run(sweeping: Sweeping, jobs: int, repo: Path, storage_url: str, storage: Any, study: Any, code: Code,
@@ -66,7 +66,7 @@ def run(sweeping: Sweeping, jobs: int, repo: Path, storage_url: str, storage: An
     team = is_shared(storage_url)
     store = connect(repo)
     end_stale_runs(store)
-    total = tune.trials if tune else len(sweeping.points)
+    total = tune.trials if tune else len(sweeping.points)  # the refit, if any, comes after these
     settings = None
     if tune:
         settings = {"trials": str(tune.trials), "sampler": tune.sampler, "pruner": tune.pruner, "seed": str(tune.seed),
@@ -76,11 +76,13 @@ def run(sweeping: Sweeping, jobs: int, repo: Path, storage_url: str, storage: An
         for point in sweeping.points:
             reserve(store, parent.run_id, sweep_id, point.name, point.sets)
         attrs: dict[str, Any] = {"commit": code.commit, "snapshot": code.snapshot, "parent_run_id": parent.run_id,
-                                 trials.TEAM_ATTR: team}
+                                 trials.TEAM_ATTR: team, trials.MORE_ATTR: bool(sweeping.refit)}
         if tune:
             store.write(lambda: store.client.set_tag(parent.run_id, STUDY_TAG, sweep_id))
             attrs |= trials.tune_attrs(sweep_id, tune.space, sweeping.fixed, tune.trials, tune.sampler, tune.seed,
                                        {"name": tune.pruner, "epochs": tune.epochs})
+        if sweeping.refit:
+            store.write(lambda: store.client.set_tag(parent.run_id, REFIT_TAG, f"lambda_{sweeping.refit}"))
         trials.open_to_workers(study, sweep_id, attrs, [(p.name, p.sets) for p in sweeping.points])
         what = f"{total} trials (sampler {tune.sampler}, pruner {tune.pruner}, seed {tune.seed})" if tune else \
             f"{total} points"
@@ -99,8 +101,22 @@ def run(sweeping: Sweeping, jobs: int, repo: Path, storage_url: str, storage: An
             done, val = point_progress(store, run_id) if run_id else (0, None)
             return Progress(done, tune.epochs if tune else sweeping.epochs.get(trial.user_attrs["point"], 0), val)
 
+        keep = workers.keep if workers else lambda needed: None
         try:
-            results = follow(storage, study, total, progress, workers.keep if workers else lambda needed: None)
+            results = follow(storage, study, total, progress, keep)
+            if sweeping.refit:
+                refit = refit_point(store, parent.run_id, sweeping)
+                if refit is not None:
+                    point, tags, epochs, estimate = refit
+                    sweeping.epochs[point.name] = epochs
+                    reserve(store, parent.run_id, sweep_id, point.name, point.sets, tags)
+                    study.enqueue_trial({}, user_attrs={trials.POINT: point.name, trials.SETS: point.sets,
+                                                        trials.ESTIMATE: estimate})
+                    log.info("%s: %s picks %s; it trains on the whole pool as %s", sweep_id, tags[REFIT_TAG],
+                             tags[PICKED_TAG], point.name)
+                study.set_user_attr(trials.MORE_ATTR, False)
+                if refit is not None:
+                    results = follow(storage, study, total + 1, progress, keep, results)
         except BaseException:
             stop(storage, study, workers)
             raise
@@ -108,6 +124,37 @@ def run(sweeping: Sweeping, jobs: int, repo: Path, storage_url: str, storage: An
             workers.finish()
         parent.failed = any(status != "Success" for status in results.values())
     return Sweep(sweep_id, parent.run_id, results)
+
+
+REFIT_TAG, PICKED_TAG = "l2lab.refit", "l2lab.refit.picked"  # a refit's run: its rule (min, 1se), and what it picked
+
+
+def refit_point(store: Any, parent_id: str, sweeping: Sweeping) -> tuple[Point, dict[str, str], int, float] | None:
+    """The refit of a cross-validated grid (its rule's pick, data.fold all: trained on the whole pool), its run's
+    tags, its epochs and its pick's mean val_accuracy over folds; None (said in one line) when no point finished
+    all its folds. The fold runs' validation metrics alone decide: no test accuracy is read."""
+    from l2lab.sweeps.cv import FOLD, picks, summary
+    from l2lab.sweeps.report import SEED, point_keys, sweep_table, versus_columns
+    from l2lab.tracking.sweep_runs import SET_PREFIX, axis_value, sweep_runs
+
+    runs = sweep_runs(store, parent_id)
+    table = sweep_table(runs, list(sweeping.axes))
+    recorded = {key: [axis_value(v) for v in values] for key, values in sweeping.axes.items()}
+    table, keys = ((versus_columns(table), ["penalty", "l2_equivalent"]) if sweeping.versus_adamw
+                   else (table, point_keys(recorded)))
+    chosen = picks(summary(table, keys, len(sweeping.axes[FOLD])), keys[-1])
+    if chosen is None:
+        log.error("%s: no point finished all its folds: no pick, no refit", sweeping.sweep_id)
+        return None
+    row = chosen.row(sweeping.refit)
+    mine = table[(table[keys] == row[keys]).all(axis=1)]
+    first = mine.sort_values([k for k in (SEED, FOLD) if k in mine]).iloc[0]  # its first seed's fold 0
+    given = next(r["tags"] for r in runs if r["run_id"] == first["mlflow_run_id"])
+    sets = {k.removeprefix(SET_PREFIX): v for k, v in given.items() if k.startswith(SET_PREFIX)} | {FOLD: "all"}
+    name = "refit_" + first["experiment"].replace(f"_fold={first[FOLD]}_", "_")
+    picked = ", ".join(f"{k} = {row[k]:g}" if isinstance(row[k], float) else f"{k} = {row[k]}" for k in keys)
+    tags = {REFIT_TAG: f"lambda_{sweeping.refit}", PICKED_TAG: picked}
+    return Point(name, sets), tags, int(first["epochs"]), float(row["val_accuracy_mean"])
 
 
 def stop(storage: Any, study: Any, workers: "Workers | None") -> None:

@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 SWEEP_ATTR = "l2lab.sweep_id"  # study attribute, set last: workers take up a study once it has it
 STOPPED_ATTR = "l2lab.stopped"  # study attribute: the sweep was stopped; no point is taken or drawn any more
 TEAM_ATTR = "l2lab.team"  # study attribute: workers on any machine, which fetch its commit and push its experiments
+MORE_ATTR = "l2lab.more"  # study attribute: the sweep will queue more points (a refit, once its folds are done)
 POINT, SETS, RETRY_OF, BEAT = "point", "sets", "l2lab.retry_of", "l2lab.beat"  # trial attributes
+ESTIMATE = "l2lab.estimate"  # a refit's trial: its value, its pick's mean val_accuracy over folds (no validation)
 SURPLUS = "l2lab.surplus"  # a tune's draw past --trials (two workers asked at once): failed, left out
-STATES = {"WAITING": "Queued", "RUNNING": "Running", "COMPLETE": "Success", "PRUNED": "Success", "FAIL": "Failed"}
+STATES = {"COMPLETE": "Success", "PRUNED": "Success", "FAIL": "Failed"}  # how a point ended, by its latest trial
 
 BEAT_SECONDS = 5.0  # a worker records its beat on its trial this often (seconds)
 GRACE_SECONDS = 60.0  # a trial of another machine whose beat is older than this (seconds) lost its worker
@@ -58,11 +60,10 @@ def new_study(storage: Any, sweep_id: str) -> Any:
     from optuna.exceptions import DuplicatedStudyError
 
     try:
-        study = optuna.create_study(storage=storage, study_name=sweep_id, direction="maximize")
+        return optuna.create_study(storage=storage, study_name=sweep_id, direction="maximize")
     except DuplicatedStudyError:
         raise L2labError(f"the sweep storage already holds a study named {sweep_id!r}: start the sweep again "
                          "(a new id is drawn each time)") from None
-    return study
 
 
 def open_to_workers(study: Any, sweep_id: str, attrs: dict[str, Any], points: list[tuple[str, dict[str, str]]]) -> None:
@@ -145,7 +146,7 @@ def ask(storage: Any, study: Any) -> Task | None:
 
     attrs = study.user_attrs
     target = attrs["l2lab.trials"]
-    if len(drawn(study)) >= target:
+    if len(latest_tries(study.get_trials(deepcopy=False))) >= target:
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = study.ask()  # its number, unique across workers, before anything is drawn
@@ -198,16 +199,6 @@ def tune_attrs(tune_id: str, space: dict[str, Any], fixed: dict[str, str], trial
             "l2lab.trials": trials, "l2lab.sampler": sampler, "l2lab.seed": seed}
 
 
-def drawn(study: Any, trials: list[Any] | None = None) -> dict[str, int]:
-    """The points drawn or enqueued so far (surplus draws left out) -> the number of each one's first trial."""
-    first: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False) if trials is None else trials:
-        point = t.user_attrs.get(POINT)
-        if point and not t.user_attrs.get(SURPLUS):
-            first[point] = min(first.get(point, t.number), t.number)
-    return first
-
-
 def latest_tries(trials: list[Any]) -> dict[str, Any]:
     """Point name -> its latest trial (a retry supersedes the try it retries)."""
     latest: dict[str, Any] = {}
@@ -216,11 +207,6 @@ def latest_tries(trials: list[Any]) -> dict[str, Any]:
         if name and not trial.user_attrs.get(SURPLUS) and (name not in latest or trial.number > latest[name].number):
             latest[name] = trial
     return latest
-
-
-def point_states(study: Any) -> dict[str, str]:
-    """Point name -> Queued/Running/Success/Failed, from its latest trial."""
-    return {name: STATES[t.state.name] for name, t in latest_tries(study.get_trials(deepcopy=False)).items()}
 
 
 def worker_gone(trial: Any, now: float | None = None) -> bool:
@@ -282,11 +268,13 @@ def cancel_waiting(storage: Any, study: Any) -> list[str]:
     return cancelled
 
 
-def running_elsewhere(studies: list[Any]) -> int:
-    """Trials running on live workers: a point that may yet come back (its worker dies) for another worker."""
+def more_to_come(studies: list[Any]) -> bool:
+    """Whether a worker with nothing to take should wait: a point runs on a live worker (it may yet come back, if
+    that worker dies), or a sweep will queue more (a refit)."""
     from optuna.trial import TrialState
 
-    return sum(not worker_gone(t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return any(s.user_attrs.get(MORE_ATTR) and not s.user_attrs.get(STOPPED_ATTR) for s in studies) or any(
+        not worker_gone(t) for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 class Beat:

@@ -54,12 +54,13 @@ def work(storage_url: str, sweep_id: str | None, repo: Path, checkout: Path | No
             studies = trials.sweeps(storage, sweep_id)
             task = next(filter(None, (trials.take(storage, study) for study in studies)), None)
             if task is None:
-                if not trials.running_elsewhere(studies):
+                if not trials.more_to_come(studies):
                     log.info("worker %d: nothing left to run: %d point(s) done here, %d failed", os.getpid(), done,
                              failed)
                     return failed
-                if not waiting_said:  # a running point may yet come back, if its worker dies
-                    log.info("worker %d: no point waiting; waiting in case a running one comes back", os.getpid())
+                if not waiting_said:
+                    log.info("worker %d: no point waiting; waiting for more (a running one that comes back, a "
+                             "refit)", os.getpid())
                     waiting_said = True
                 time.sleep(POLL_SECONDS)
                 continue
@@ -121,9 +122,10 @@ def run_point(task: trials.Task, place: Path, repo: Path, store: Store, storage_
     elif run is None and stop is not None:
         log.warning("%s: stopped; its run ended KILLED", task.point)
     elif run is None:
-        log.error("%s: failed: %s", task.point, why or "its run has no val_accuracy")
+        log.error("%s: failed: %s", task.point, why or "its run has no test metrics")
     else:
-        log.info("%s: done, val_accuracy %.4f", task.point, run.data.metrics["val_accuracy"])
+        shown = "val_accuracy" if "val_accuracy" in run.data.metrics else "test_accuracy"  # a refit: no validation
+        log.info("%s: done, %s %.4f", task.point, shown, run.data.metrics[shown])
     if stop is not None:
         raise stop
     return run is not None
@@ -187,14 +189,15 @@ def tell(task: trials.Task, run: Any) -> None:
     """Tell the trial how its point ended: the run's val_accuracy (validation, never test), pruned, or failed."""
     from optuna.trial import TrialState
 
-    if task.storage.get_trial(task.trial_id).state != TrialState.RUNNING:
+    trial = task.storage.get_trial(task.trial_id)
+    if trial.state != TrialState.RUNNING:
         return  # the sweep failed it already (it took this worker for gone)
     if run is None:
         task.study.tell(task.number, state=TrialState.FAIL)
     elif PRUNED_TAG in run.data.tags:
         task.study.tell(task.number, state=TrialState.PRUNED)
-    else:
-        task.study.tell(task.number, run.data.metrics["val_accuracy"])
+    else:  # a refit validates on nothing: its pick's mean over folds stands for it
+        task.study.tell(task.number, run.data.metrics.get("val_accuracy", trial.user_attrs.get(trials.ESTIMATE)))
 
 
 def keep_output(store: Store, run_id: str, output: Path) -> None:

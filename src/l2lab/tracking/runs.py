@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ DEMO_NOTE = (
     "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
     "archive format, so the whole pipeline can run offline. Its accuracy says nothing about CIFAR-10."
 )
+CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # a split's mlflow.data.context
 PARENT_TAG = "mlflow.parentRunId"  # how MLflow nests runs (start_run(parent_run_id=...) sets it too)
 RESERVED = "SCHEDULED"  # a sweep's point run that no stage has taken up yet
 
@@ -85,8 +87,9 @@ def training_tags(data_summary: dict[str, Any], split_sha256: dict[str, str]) ->
         **{f"{name}.version": version for name, version in library_versions().items()},
         **code_tags("train"),
     }
-    if "l2lab.train.git.commit" in tags:
-        tags["mlflow.source.git.commit"] = tags["l2lab.train.git.commit"]  # MLflow's UI shows this one
+    if "l2lab.train.git.commit" in tags:  # MLflow's UI shows these in its Source column
+        tags |= {"mlflow.source.git.commit": tags["l2lab.train.git.commit"], "mlflow.source.type": "LOCAL",
+                 "mlflow.source.name": "dvc.yaml"}
     if data_summary.get("synthetic"):  # the offline demo: say so wherever the run is shown
         tags["mlflow.note.content"] = DEMO_NOTE
     return {k: v for k, v in tags.items() if v}
@@ -97,6 +100,21 @@ class Run:
 
     def __init__(self, store: Store, run_id: str) -> None:
         self.store, self.run_id = store, run_id
+
+    def log_splits(self, digests: dict[str, str], summary: dict[str, Any]) -> None:
+        """The split files a stage read, as MLflow dataset inputs (the UI's Dataset column): named after the data
+        and the fold (cifar-10 val, fold 2 of 5), the file's sha256 as digest, what it served as context."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        folds, fold = summary.get("folds", 0), summary.get("fold", 0)
+        part = f", fold {fold} of {folds}" if folds and fold != "all" else (f", all {folds} folds" if folds else "")
+        inputs = [DatasetInput(Dataset(name=f"{summary.get('dataset', 'data')} {split}{part}", digest=digest[:16],
+                                       source_type="local", source=json.dumps({"uri": f"{split}.npz"}),
+                                       profile=json.dumps({"num_rows": summary[split]["total"]})),
+                               tags=[InputTag("mlflow.data.context", CONTEXTS[split]),
+                                     InputTag("l2lab.fold", f"{fold} of {folds}" if folds else "fixed split")])
+                  for split, digest in digests.items() if summary[split]["total"]]
+        self.store.write(lambda: self.store.client.log_inputs(self.run_id, datasets=inputs))
 
     def log_params(self, params: dict[str, Any]) -> None:
         entries = [Param(k, str(v)) for k, v in params.items()]

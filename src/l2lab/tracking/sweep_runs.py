@@ -128,9 +128,9 @@ def prepare_run(store: Store, parent_id: str, sweep_id: str, name: str, sets: di
 
 
 def finished_run(store: Store, run_id: str) -> Any:
-    """The run, if it ended FINISHED with a val_accuracy (a result); else None."""
+    """The run, if it ended FINISHED and evaluated (a result); else None."""
     run = store.client.get_run(run_id)
-    return run if run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics else None
+    return run if run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics else None
 
 
 def table_artifact(store: Store, run_id: str, name: str) -> list[dict[str, Any]] | None:
