@@ -221,7 +221,7 @@ def post(url: str, payload: dict) -> Reply:
 
 def test_editing_report_and_sweep_modules_leaves_train_and_evaluate_up_to_date(trained: Path) -> None:
     # The deps case end to end (tests/test_stage_deps.py has the static one): DVC itself decides.
-    edited = [trained / "src" / "l2lab" / name for name in ("sweeps/report.py", "sweeps/figures.py", "team/worker.py",
+    edited = [trained / "src" / "l2lab" / name for name in ("sweeps/report.py", "sweeps/figures.py", "sweeps/worker.py",
                                                             "cli.py", "archive.py")]
     for path in edited:
         path.write_text(path.read_text() + "\n# an edit\n")
