@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # make test-slow (CI runs it after make test)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -11,7 +11,7 @@ from l2lab.tracking.runs import DEMO_NOTE
 from l2lab.tracking.store import EXPERIMENT
 from project import clone_project, run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # make test-slow (CI runs it after make test)
 
 
 def test_demo_runs_offline_and_is_marked_synthetic(tmp_path: Path) -> None:

@@ -147,6 +147,7 @@ def test_retrying_gives_up_on_other_errors_at_once() -> None:
     assert calls == [1]
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_database_locked_too_long_is_reported_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     store = connect(tmp_path)
@@ -161,6 +162,7 @@ def test_database_locked_too_long_is_reported_in_one_line(tmp_path: Path, monkey
         blocker.close()
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(bare: Path) -> None:
     project = bare
     set_params(project, train__epochs=500)

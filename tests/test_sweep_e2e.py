@@ -46,6 +46,7 @@ def wait_for_queue(project: Path, timeout: float = 600) -> str:
     raise AssertionError(f"queue did not finish:\n{status}")
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_plain_dvc_queue_runs_each_point_once_with_its_own_code(queued: Path) -> None:
     # The README's flow, the data locked first (the project fixture did).
     project = queued
@@ -338,6 +339,7 @@ def test_points_run_the_workspace_as_the_sweep_found_it_whatever_is_edited_meanw
     assert run(project, "git", "for-each-ref", "refs/l2lab/").stdout == ""  # the snapshot's ref went with the sweep
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_a_temporary_experiment_restores_preprocess_instead_of_running_it(bare: Path) -> None:
     """The data summary was a `cache: false` output: an experiment in a temporary copy (a sweep's point, a
     queued one) gets only what git tracks, so with it (or dvc.lock) not committed every point ran preprocess
@@ -370,6 +372,7 @@ def test_points_that_fail_after_training_are_failed_runs_and_no_champion(project
     assert client(project).search_model_versions(f"name = '{REGISTERED_MODEL}'") == []
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_a_grid_over_any_keys_draws_heatmaps_and_its_sgd_cosine_flip_crop_points_reproduce(project: Path) -> None:
     swept = run(project, "l2lab", "sweep", "--l2", "0,0.001", "--grid", "train.learning_rate=0.001,0.003",
                 "--grid", "train.optimizer=adam,sgd", "--jobs", "2", "-S", "train.schedule=cosine",

@@ -233,6 +233,7 @@ def test_editing_report_and_sweep_modules_leaves_train_and_evaluate_up_to_date(t
         run(trained, "git", "checkout", "--", *map(str, edited))
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> None:
     before = json.loads((trained / "reports" / "metrics.json").read_text())
     run(trained, "dvc", "repro", "-f", "train", "evaluate")
@@ -246,6 +247,7 @@ def test_forced_rerun_gives_identical_metrics_in_a_new_run(trained: Path) -> Non
     assert len(runs) == 2 and runs[1].info.run_id == after["mlflow_run_id"]
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_exp_run_names_the_mlflow_run_after_the_experiment(trained: Path) -> None:
     run(trained, "dvc", "exp", "run", "-n", "strong-l2", "-S", "train.l2=0.01", "-S", "train.epochs=1")
     metrics = json.loads((trained / "reports" / "metrics.json").read_text())
@@ -268,6 +270,7 @@ def test_bad_train_param_stops_before_training(trained: Path) -> None:
     assert len(c.search_runs([c.get_experiment_by_name(EXPERIMENT).experiment_id])) == runs_before
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 @pytest.mark.fault
 def test_a_failed_training_leaves_the_previous_state_to_come_back_whole(trained: Path) -> None:
     run(trained, "dvc", "repro")  # up to date with the committed params first (earlier tests ran experiments)

@@ -53,6 +53,7 @@ def server_process(path: str) -> psutil.Process:
     raise AssertionError(f"no warm server on {path}")
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_a_warm_stage_gives_the_cold_numbers_bit_for_bit(project: Path) -> None:
     cold = run(project, "dvc", "repro")
     assert WARM_LINE not in cold.stdout + cold.stderr
@@ -71,6 +72,7 @@ def test_a_warm_stage_gives_the_cold_numbers_bit_for_bit(project: Path) -> None:
     assert os.environ.get(ENV) is None  # put back when the block ended
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_signals_reach_the_stage_and_a_killed_stage_takes_its_child(project: Path) -> None:
     run(project, "dvc", "repro", "preprocess")
     set_params(project, train__epochs=400)  # long enough to be stopped in the middle
@@ -105,6 +107,7 @@ def test_signals_reach_the_stage_and_a_killed_stage_takes_its_child(project: Pat
     assert not server.is_running()  # the block's end stopped it
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_a_stage_whose_code_differs_from_the_servers_runs_by_itself(project: Path) -> None:
     run(project, "dvc", "repro", "preprocess")
     with warm_server(project) as path:
