@@ -1,12 +1,15 @@
 """Side-by-side training benchmark: the seed article's loop, l2lab's train stage and, where
-PyTorch is installed, a plain PyTorch loop for the same network (the peer a user would
-write instead; `pip install torch`, optional).
+PyTorch is installed, a PyTorch loop for the same network as its engineers would write it
+(`pip install torch`, optional): eager, and compiled with `torch.compile` where that works
+on this machine.
 
-Runs each side in its own process, interleaved (seed, ours, torch, seed, ours, torch, ...),
-on the same machine, model, batch size and images, and prints images/s, peak memory and
-achieved GFLOP/s (also as a share of a float32 matmul peak measured in the same run).
-Writes reports/bench.json, with the CPU's vector ISA flags. A benchmark, not a test:
-nothing here asserts a timing.
+Runs each side in its own process, interleaved (seed, ours, torch, torch_compile, seed, ...),
+on the same machine, model, batch size and images, and prints images/s, each process's own
+peak memory (its VmHWM, read before it exits: a child's kernel-reported maximum RSS starts
+at its parent's, which holds TensorFlow here) and achieved GFLOP/s (also as a share of a
+float32 matmul peak measured in the same run). A side whose timed epochs differ by more
+than 2x is flagged: its median would hide a cliff. Writes reports/bench.json, with the
+CPU's vector ISA flags. A benchmark, not a test: nothing here asserts a timing.
 
     python bench/train_speed.py [--pairs 3] [--epochs 4] [--images N] [--max-isa avx2]
 
@@ -128,16 +131,20 @@ def ours_side(epochs: int, images: int | None, precision: str = "float32") -> di
     return {"epoch_seconds": seconds, "images": count, "source": source, "params": model.count_params()}
 
 
-def torch_side(epochs: int, images: int | None) -> dict:
-    """A plain PyTorch loop for the same network, as a user would write it well: the same layers and
+def torch_side(epochs: int, images: int | None, compiled: bool = False) -> dict:
+    """A PyTorch loop for the same network, as its engineers would write it: the same layers and
     Glorot-uniform kernels, Adam 1e-3, batch 64, L2 on every kernel as a loss term, uint8 images
-    scaled per batch, a seeded shuffle, channels_last, every core; validation after each epoch."""
+    scaled per batch, a seeded shuffle, channels_last, every core, denormals flushed to zero (as
+    TensorFlow's threads do: the L2 term drives many weights toward zero, and subnormal floats run
+    about ten times slower on x86); validation after each epoch. compiled: the model through
+    torch.compile (Inductor's C++ kernels on the CPU)."""
     import numpy as np
     import torch
     from torch import nn
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_flush_denormal(True)
     xt, yt, xv, yv, source = load_arrays(images)
     # NHWC uint8 arrays seen as NCHW tensors: already channels_last in memory, no copy.
     x_train, x_val = (torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2) for a in (xt, xv))
@@ -153,6 +160,7 @@ def torch_side(epochs: int, images: int | None) -> dict:
             nn.init.zeros_(m.bias)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
+    net = torch.compile(model) if compiled else model
     shuffle = torch.Generator().manual_seed(0)
 
     def batch(x: torch.Tensor, idx) -> torch.Tensor:
@@ -165,18 +173,33 @@ def torch_side(epochs: int, images: int | None) -> dict:
         order = torch.randperm(len(x_train), generator=shuffle)
         for i in range(0, len(order), BATCH):
             idx = order[i : i + BATCH]
-            loss = loss_fn(model(batch(x_train, idx)), y_train[idx]) + L2 * sum((w * w).sum() for w in kernels)
+            loss = loss_fn(net(batch(x_train, idx)), y_train[idx]) + L2 * sum((w * w).sum() for w in kernels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum(int((model(batch(x_val, slice(i, i + BATCH))).argmax(1) == y_val[i : i + BATCH]).sum())
+            correct = sum(int((net(batch(x_val, slice(i, i + BATCH))).argmax(1) == y_val[i : i + BATCH]).sum())
                           for i in range(0, len(x_val), BATCH))
         seconds.append(time.perf_counter() - start)
     return {"epoch_seconds": seconds, "images": len(xt), "source": source,
             "params": sum(p.numel() for p in model.parameters()), "val_accuracy": correct / len(x_val),
             "torch": torch.__version__}
+
+
+COMPILE_ERROR: list[str] = []  # why torch.compile did not work here, when it did not
+
+
+def torch_compiles() -> bool:
+    """Whether torch.compile builds and runs a small convolution here (Inductor needs a C++ compiler)."""
+    probe = ("import torch; m = torch.compile(torch.nn.Conv2d(3, 4, 3)); "
+             "m(torch.zeros(2, 3, 8, 8)).sum().backward(); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return True
+    COMPILE_ERROR.append((proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
+    print(f"torch.compile does not work here: {COMPILE_ERROR[0]}", flush=True)
+    return False
 
 
 # What each library reads to cap its runtime kernel dispatch at an ISA.
@@ -237,16 +260,32 @@ def matmul_peak_gflops() -> float:
     return 2 * n**3 / best / 1e9
 
 
+def own_peak_mb() -> float | None:
+    """This process's own peak resident memory, MB: VmHWM, which starts afresh at exec (ru_maxrss carries the
+    parent's high-water mark into a forked child); None where /proc is not there."""
+    try:
+        line = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024  # kB
+
+
 def worker(side: str, epochs: int, images: int | None, out: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sides = {"seed": seed_side, "ours": ours_side, "torch": torch_side,
+             "torch_compile": lambda e, i: torch_side(e, i, compiled=True),
              "ours_bf16": lambda e, i: ours_side(e, i, precision="mixed_bfloat16")}
     result = sides[side](epochs, images)
+    result["own_peak_rss_mb"] = own_peak_mb()
     out.write_text(json.dumps(result))
 
 
+SPREAD = 2.0  # a side whose fastest timed epoch is this many times its slowest is flagged, not summarized quietly
+
+
 def run_side(side: str, epochs: int, images: int | None) -> dict:
-    """One side in a fresh process; its peak RSS comes from the kernel (wait4)."""
+    """One side in a fresh process; its peak memory as it measured it (own_peak_mb), the kernel's maximum RSS
+    (wait4, which includes the parent's before the exec) beside it."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--worker", side, "--epochs", str(epochs), "--out", str(out)]
@@ -258,16 +297,24 @@ def run_side(side: str, epochs: int, images: int | None) -> dict:
         if proc.returncode != 0:
             raise SystemExit(f"{side} side failed:\n{proc.stderr.read().decode(errors='replace')[-3000:]}")
         result = json.loads(out.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    timed = result["epoch_seconds"][1:] or result["epoch_seconds"]  # epoch 1 includes tracing
+    result["inherited_max_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    result["peak_rss_mb"] = result.pop("own_peak_rss_mb") or result["inherited_max_rss_mb"]
+    timed = result["epoch_seconds"][1:] or result["epoch_seconds"]  # epoch 1 includes tracing (and compiling)
     result["images_per_s"] = [result["images"] / s for s in timed]
+    if max(result["images_per_s"]) > SPREAD * min(result["images_per_s"]):
+        result["warning"] = (f"{side}'s timed epochs differ by more than {SPREAD:g}x ("
+                             + ", ".join(f"{r:,.0f}" for r in result["images_per_s"]) + " images/s): a cliff, "
+                             "not noise; its median hides it")
+        print(f"warning: {result['warning']}", flush=True)
     return result
 
 
 def summarize(runs: list[dict], flops: float, peak: float) -> dict:
     rates = [r for run in runs for r in run["images_per_s"]]
     median = statistics.median(rates)
+    warnings = [run["warning"] for run in runs if "warning" in run]
     return {
+        **({"warnings": warnings} if warnings else {}),
         "images_per_s": {"median": median, "min": min(rates), "max": max(rates)},
         "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
         "gflops": median * flops / 1e9,
@@ -284,10 +331,13 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "processed",
                         help="folder with train.npz and val.npz (default: the pipeline's)")
     parser.add_argument("--bf16", action="store_true", help="also run ours with train.precision=mixed_bfloat16")
-    parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch peer even if torch is installed")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave out the PyTorch peers even if torch is installed")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile peer")
     parser.add_argument("--max-isa", choices=sorted(ISA_CAPS),
                         help="run with the kernels a CPU without AVX-512 gets (see the module's docstring)")
-    parser.add_argument("--worker", choices=["seed", "ours", "ours_bf16", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["seed", "ours", "ours_bf16", "torch", "torch_compile"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.epochs, args.images, args.out)
@@ -304,7 +354,9 @@ def main() -> None:
     with_torch = not args.no_torch and importlib.util.find_spec("torch") is not None
     if not with_torch and not args.no_torch:
         print("PyTorch is not installed: no torch peer (pip install torch to add it)", flush=True)
-    order = ["seed", "ours"] + (["ours_bf16"] if args.bf16 else []) + (["torch"] if with_torch else [])
+    compiles = with_torch and not args.no_compile and torch_compiles()
+    order = (["seed", "ours"] + (["ours_bf16"] if args.bf16 else []) + (["torch"] if with_torch else [])
+             + (["torch_compile"] if compiles else []))
     runs: dict[str, list[dict]] = {side: [] for side in order}
     for pair in range(args.pairs):
         for side in order:
@@ -330,10 +382,19 @@ def main() -> None:
         "train_speedup_vs_seed": sides["ours"]["images_per_s"]["median"] / sides["seed"]["images_per_s"]["median"],
         "peak_rss_ratio_vs_seed": sides["ours"]["peak_rss_mb"] / sides["seed"]["peak_rss_mb"],
     }
-    if "torch" in sides:
-        report["torch"] = sides["torch"] | {"version": runs["torch"][0]["torch"]}
-        report["train_speedup_vs_torch"] = (sides["ours"]["images_per_s"]["median"]
-                                            / sides["torch"]["images_per_s"]["median"])
+    for peer in ("torch", "torch_compile"):
+        if peer in sides:
+            report[peer] = sides[peer] | {"version": runs[peer][0]["torch"]}
+            report[f"train_speedup_vs_{peer}"] = (sides["ours"]["images_per_s"]["median"]
+                                                 / sides[peer]["images_per_s"]["median"])
+            report[f"peak_rss_ratio_vs_{peer}"] = sides["ours"]["peak_rss_mb"] / sides[peer]["peak_rss_mb"]
+    peers = [p for p in ("torch", "torch_compile") if p in sides]
+    if peers:  # against the faster of the PyTorch legs
+        fastest = max(peers, key=lambda p: sides[p]["images_per_s"]["median"])
+        report["train_speedup_vs_torch"] = report[f"train_speedup_vs_{fastest}"]
+        report["fastest_torch_leg"] = fastest
+    if with_torch and not compiles and not args.no_compile:
+        report["torch_compile"] = {"error": COMPILE_ERROR[0] if COMPILE_ERROR else "did not compile"}
     if "ours_bf16" in sides:
         report["ours_bf16"] = sides["ours_bf16"]
         report["bf16_speedup_vs_fp32"] = (sides["ours_bf16"]["images_per_s"]["median"]
@@ -348,8 +409,8 @@ def print_table(r: dict) -> None:
           f"{r['pairs']} interleaved pairs; {r['train_mflop_per_image']:.1f} MFLOP per training image; "
           f"float32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s")
     print(f"{'':9} {'images/s (median, min-max)':>30} {'peak RSS':>10} {'GFLOP/s':>8} {'of peak':>8}")
-    for side in ("seed", "ours", "ours_bf16", "torch"):
-        if side not in r:
+    for side in ("seed", "ours", "ours_bf16", "torch", "torch_compile"):
+        if side not in r or "error" in r[side]:
             continue
         s = r[side]
         ips = s["images_per_s"]
@@ -358,7 +419,13 @@ def print_table(r: dict) -> None:
     print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, "
           f"peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"
           + (f", bf16_speedup_vs_fp32 {r['bf16_speedup_vs_fp32']:.2f}x" if "bf16_speedup_vs_fp32" in r else "")
-          + (f", train_speedup_vs_torch {r['train_speedup_vs_torch']:.2f}x" if "train_speedup_vs_torch" in r else ""))
+          + (f", train_speedup_vs_torch {r['train_speedup_vs_torch']:.2f}x (vs {r['fastest_torch_leg']})"
+             if "train_speedup_vs_torch" in r else ""))
+    if "error" in r.get("torch_compile", {}):
+        print(f"torch.compile: {r['torch_compile']['error']}")
+    for side in ("seed", "ours", "ours_bf16", "torch", "torch_compile"):
+        for warning in r.get(side, {}).get("warnings", []):
+            print(f"warning: {warning}")
     cap = r["machine"].get("kernel_isa_cap")
     print(f"CPU: {r['machine']['cpus']} cores, ISA {' '.join(r['machine']['isa']) or 'unknown'}"
           + (f"; kernels capped at {cap}" if cap else ""))
