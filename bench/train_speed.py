@@ -362,7 +362,7 @@ def main() -> None:
         for side in order:
             result = run_side(side, args.epochs, args.images)
             runs[side].append(result)
-            print(f"pair {pair + 1}/{args.pairs} {side:>9}: "
+            print(f"pair {pair + 1}/{args.pairs} {side:>13}: "
                   f"{', '.join(f'{r:,.0f}' for r in result['images_per_s'])} images/s, "
                   f"peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
     sides = {side: summarize(results, flops, peak) for side, results in runs.items()}
@@ -408,13 +408,13 @@ def print_table(r: dict) -> None:
     print(f"\n{r['images_per_epoch']:,} images/epoch from {r['data']}, batch {r['batch_size']}, "
           f"{r['pairs']} interleaved pairs; {r['train_mflop_per_image']:.1f} MFLOP per training image; "
           f"float32 matmul peak {r['matmul_peak_gflops']:.0f} GFLOP/s")
-    print(f"{'':9} {'images/s (median, min-max)':>30} {'peak RSS':>10} {'GFLOP/s':>8} {'of peak':>8}")
+    print(f"{'':13} {'images/s (median, min-max)':>30} {'peak RSS':>10} {'GFLOP/s':>8} {'of peak':>8}")
     for side in ("seed", "ours", "ours_bf16", "torch", "torch_compile"):
         if side not in r or "error" in r[side]:
             continue
         s = r[side]
         ips = s["images_per_s"]
-        print(f"{side:9} {ips['median']:>14,.0f} ({ips['min']:,.0f}-{ips['max']:,.0f}) "
+        print(f"{side:13} {ips['median']:>14,.0f} ({ips['min']:,.0f}-{ips['max']:,.0f}) "
               f"{s['peak_rss_mb']:>8,.0f} MB {s['gflops']:>8.1f} {s['share_of_matmul_peak']:>7.1%}")
     print(f"train_speedup_vs_seed {r['train_speedup_vs_seed']:.2f}x, "
           f"peak_rss_ratio_vs_seed {r['peak_rss_ratio_vs_seed']:.2f}"

@@ -180,3 +180,24 @@ def test_a_billion_laughs_params_file_is_one_line_in_bounded_memory(tmp_path: Pa
     assert line.endswith(f"error: params.yaml: expands to more than 10000 values under {where}"
                          " (YAML anchors and aliases?); a params file holds plain values"), line
     assert not (tmp_path / "a.tar.gz").exists()
+
+
+@pytest.mark.fault
+def test_a_params_file_of_megabytes_is_refused_unread(tmp_path: Path) -> None:
+    """A valid params.yaml padded with 520,000 comment lines (53 MB): DVC took 31 s on it, a sweep minutes."""
+    from l2lab.params import MAX_BYTES
+
+    big = tmp_path / "params.yaml"
+    big.write_text((REPO / "params.yaml").read_text() + "# padding\n" * (MAX_BYTES // 10 + 1))
+    with pytest.raises(ParamsError, match=r"params.yaml: [0-9,]+ bytes; a params file holds a few dozen values"):
+        load_params(big)
+
+
+@pytest.mark.fault
+def test_a_yaml_tag_on_the_command_line_is_one_line_never_run() -> None:
+    from l2lab.params import plain_value
+
+    with pytest.raises(ParamsError, match=r"^-S train.l1: .* is not a plain YAML value \(could not determine a "
+                                          r"constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"):
+        plain_value('!!python/object/apply:os.system ["touch x"]', "-S train.l1")
+    assert plain_value("1e-3", "-S train.l2") == 0.001  # YAML 1.2, as DVC reads it

@@ -409,10 +409,15 @@ def test_grid_refuses_a_bad_key_or_value_before_queueing(bare: Path) -> None:
                            "train.optimizer: Input should be 'adam' or 'sgd'"),
                           (["--grid", "train.beta_1=0.9,0.99"], "train.beta_1: unknown key"),
                           (["--l2", "0", "--grid", "train.l2=0.1"], "--grid train.l2=... and --l2 both vary train.l2"),
-                          (["--grid", "train.augment=none,none"], "none and none are the same value")):
+                          (["--grid", "train.augment=none,none"], "none and none are the same value"),
+                          # A YAML tag that would run code if it were not refused (DVC's -S reads YAML too).
+                          (["--l2", "0", "-S", 'train.l1=!!python/object/apply:os.system ["touch x"]'],
+                           "-S train.l1: '!!python/object/apply:os.system [\"touch x\"]' is not a plain YAML value "
+                           "(could not determine a constructor for the tag")):
         swept = run(project, "l2lab", "sweep", *args, check=False)
         assert swept.returncode == 1 and "Traceback" not in swept.stderr
         (line,) = [line for line in swept.stderr.splitlines() if "error:" in line]
         assert message in line, swept.stderr
     assert not (project / "mlflow.db").exists()  # nothing started: not even a sweep's parent run
     assert not (project / "optuna.journal").exists() and not (project / ".dvc" / "tmp" / "l2lab").exists()
+    assert not (project / "x").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -74,6 +75,8 @@ def test_one_finished_mlflow_run_with_params_tags_and_history(trained: Path) -> 
     assert len(runs) == 1
     first = runs[0]
     assert first.info.run_id == json.loads((trained / "models" / "mlflow_run.json").read_text())["run_id"]
+    commit = run(trained, "git", "rev-parse", "HEAD").stdout.strip()
+    assert re.fullmatch(rf"repro-{commit[:8]}-\d{{8}}-\d{{6}}", first.info.run_name)  # not MLflow's random name
     c = client(trained)
     assert c.get_experiment_by_name(EXPERIMENT).artifact_location == (trained / "mlartifacts").as_uri()
     params = first.data.params

@@ -12,7 +12,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       field_validator)
 from ruamel.yaml import YAML, YAMLError
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, first_line
 
 TRAIN_IMAGES = 50_000  # images in the five official training batches
 NUM_CLASSES = 10  # CIFAR-10's: every split holds at least one image of each
@@ -21,6 +21,7 @@ URL_SCHEMES = ("http", "https", "file")
 # params.yaml holds about 15 values. YAML anchors let a file of a few lines stand for billions of
 # them ("billion laughs"): nothing reads more than this many, counting each alias where it is used.
 MAX_VALUES = 10_000
+MAX_BYTES = 1 << 20  # params.yaml is about 2 KB; past this it is not read at all (DVC would spend minutes on it)
 _SHOWN = reprlib.Repr()  # a bad value as a message shows it: a few levels and items of it, never all
 _SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 80, 80
 
@@ -214,10 +215,24 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {_describe(exc.errors()[0])}") from None
 
 
+def plain_value(text: str, what: str) -> Any:
+    """A value given on the command line (-S, --grid, --space) as `dvc exp run -S` reads it (YAML 1.2); one
+    line when it is not plain YAML (a tag such as !!python/object is refused, never run)."""
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise ParamsError(f"{what}: {_SHOWN.repr(text)} is not a plain YAML value ({first_line(exc)})") from None
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml (YAML 1.2, as DVC reads it: 1e-5 is a float)."""
+    """Read and validate params.yaml (YAML 1.2, as DVC reads it: 1e-5 is a float); a file over MAX_BYTES is
+    refused unread."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ParamsError(f"{path}: {size:,} bytes; a params file holds a few dozen values (at most "
+                              f"{MAX_BYTES:,} bytes): not read")
         raw = YAML(typ="safe").load(path.read_text())
     except (OSError, YAMLError) as exc:
         raise ParamsError(f"{path}: cannot read params: {exc}".replace("\n", " ")) from None

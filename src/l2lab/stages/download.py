@@ -27,9 +27,22 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # bytes per file read
 NET_CHUNK = 1 << 16  # bytes per network read: a dropped connection loses at most this much
 OFFLINE_HINT = (
-    "without internet access, point data.url at a local copy, e.g. "
-    "dvc exp run -S data.url=file:///abs/path/cifar-10-python.tar.gz -S data.sha256=<its sha256>"
+    "without internet access, point data.url at a local copy, e.g. {activate}"
+    "dvc exp run --temp -S data.url=file:///abs/path/cifar-10-python.tar.gz -S data.sha256=<its sha256>"
 )
+
+
+def offline_hint() -> str:
+    """OFFLINE_HINT, runnable as printed: with the project's virtual environment activated first (make repro
+    runs the stage with it on PATH; the user's shell may not have it)."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix == sys.base_prefix or not activate.exists():
+        return OFFLINE_HINT.format(activate="")
+    try:
+        shown = activate.relative_to(Path.cwd())
+    except ValueError:
+        shown = activate
+    return OFFLINE_HINT.format(activate=f". {shown} && ")
 
 
 class DownloadError(L2labError):
@@ -118,7 +131,7 @@ def _download_http(url: str, part: Path, retry: Retry) -> None:
             if part.exists() and part.stat().st_size > before:
                 last_progress = time.monotonic()
             log.warning("download of %s interrupted (%s); retrying", url, cause)
-    raise DownloadError(f"cannot fetch {url}: {cause} after {tries} tries; {OFFLINE_HINT}")
+    raise DownloadError(f"cannot fetch {url}: {cause} after {tries} tries; {offline_hint()}")
 
 
 def _attempt(session: requests.Session, url: str, part: Path, timeout: tuple[float, float]) -> None:
@@ -180,7 +193,7 @@ def _classify_connection_error(url: str, exc: requests.exceptions.ConnectionErro
     }
     for needle, cause in fatal.items():
         if needle in text:
-            return DownloadError(f"cannot fetch {url}: {cause}; {OFFLINE_HINT}")
+            return DownloadError(f"cannot fetch {url}: {cause}; {offline_hint()}")
     return _Transient("connection dropped")
 
 

@@ -12,6 +12,28 @@ from l2lab.imports import pyplot
 AXIS_LABELS = {"l2_equivalent": "L2 lambda (AdamW: at weight_decay = 2 x lambda)"}
 
 
+LEGEND_MAX = 12  # lines a legend names; past this, a colour scale by value (a legend of 60 hid the plot)
+
+
+def line_colors(fig, ax, values: list, axis: str) -> list:
+    """One colour per line, in order: matplotlib's cycle for a few lines; past LEGEND_MAX, a colour scale over
+    the lines' values (log-like, 0 shown), named by a colour bar."""
+    import matplotlib as mpl
+
+    if len(values) <= LEGEND_MAX:
+        return [None] * len(values)
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    if len(numbers) != len(values) or len(set(numbers)) < 2:  # names, or one value: colour by position
+        cmap = mpl.colormaps["viridis"].resampled(len(values))
+        return [cmap(i) for i in range(len(values))]
+    positive = [v for v in numbers if v > 0]
+    norm = (mpl.colors.SymLogNorm(linthresh=min(positive), vmin=min(numbers), vmax=max(numbers)) if positive
+            else mpl.colors.Normalize(vmin=min(numbers), vmax=max(numbers)))
+    cmap = mpl.colormaps["viridis"]
+    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=AXIS_LABELS.get(axis, axis))
+    return [cmap(norm(v)) for v in numbers]
+
+
 def _lambda_axis(ax, values) -> None:
     """Log scale that still shows lambda = 0: linear below the smallest non-zero value."""
     positive = [v for v in values if v > 0]
@@ -22,9 +44,11 @@ def _lambda_axis(ax, values) -> None:
         ax.set_xticks(distinct, [f"{v:g}" for v in distinct])
 
 
-def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: str | None = None) -> dict[str, object]:
+def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: str | None = None,
+                  values: dict[str, object] | None = None) -> dict[str, object]:
     """PNG-ready figures: accuracy, gap and weight norm against the swept value, with the std over
-    seeds as error bars where a value has several runs; val curves per point.
+    seeds as error bars where a value has several runs; val curves per point (values: each curve's
+    swept value, which colours them past LEGEND_MAX curves).
 
     series: a column that splits the summary into lines of their own (a --versus-adamw sweep's
     penalty); its "none" rows, the unpenalized baseline, start every line.
@@ -55,12 +79,14 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
         fig.tight_layout()
         figures[name] = fig
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, curve in curves.items():  # in the table's order: by swept value
-        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label)
+    colors = line_colors(fig, ax, [(values or {}).get(label) for label in curves], axis)
+    for (label, curve), color in zip(curves.items(), colors):  # in the table's order: by swept value
+        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label, color=color)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    if len(curves) <= LEGEND_MAX:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     figures["val_accuracy_curves.png"] = fig
     return figures
@@ -157,18 +183,20 @@ def weight_distribution_figure(histograms: dict[str, dict[float, object]], axis:
     fig, axes = plt.subplots(height, width, figsize=(4 * width, 3.6 * height), squeeze=False)
     for row_axes, (series, group) in zip(axes, histograms.items()):
         for ax, layer in zip(row_axes, layers):
-            for value, rows in group.items():
+            colors = line_colors(fig, ax, list(group), axis)
+            for (value, rows), color in zip(group.items(), colors):
                 mine = rows[rows["layer"] == layer].sort_values("bin_low")
                 # The first bin, [0, 1e-6), is drawn at 1e-7: "zero" on a log axis.
                 left = mine["bin_low"].where(mine["bin_low"] > 0, 1e-7)
-                ax.step(left, mine["count"].clip(lower=0.8), where="post", label=f"{axis}={value:g}")
+                ax.step(left, mine["count"].clip(lower=0.8), where="post", label=f"{axis}={value:g}", color=color)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(f"{series}: {layer}" if series else layer)
             ax.set_xlabel("|w| (leftmost step: |w| < 1e-6)")
             ax.grid(True, alpha=0.3)
         row_axes[0].set_ylabel("weights (log scale)")
-        row_axes[0].legend(fontsize=7)
+        if len(group) <= LEGEND_MAX:
+            row_axes[0].legend(fontsize=7)
     fig.suptitle(f"Final kernel weight distributions by {axis}")
     fig.tight_layout()
     return fig

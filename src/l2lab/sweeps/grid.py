@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
 
 from l2lab.errors import L2labError
-from l2lab.params import Params, ParamsError, load_params, parse_params
+from l2lab.params import Params, ParamsError, load_params, parse_params, plain_value
 
 REPORT_DIR = Path("reports/sweep")  # each sweep's report goes to REPORT_DIR/<sweep id>/, its points' output to logs/
 POLL_SECONDS = 2.0  # between reads of a sweep's study: by the sweep that follows it, and by idle workers
@@ -81,7 +80,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
             raise L2labError(f"{option}: give at least one value")
         seen: dict[str, str] = {}
         for value in values:
-            parsed = repr(YAML(typ="safe").load(value))  # what `dvc exp run -S` would write
+            parsed = repr(plain_value(value, option))  # what `dvc exp run -S` would write
             if parsed in seen:
                 raise L2labError(f"{option}: {seen[parsed]} and {value} are the same value; give each value once")
             seen[parsed] = value
@@ -168,7 +167,7 @@ def override(base: dict, sets: dict[str, str]) -> dict:
             node = node.setdefault(section, {})
             if not isinstance(node, dict):
                 raise ParamsError(f"-S {dotted}: {section} is not a section")
-        node[last] = YAML(typ="safe").load(text)
+        node[last] = plain_value(text, f"-S {dotted}")
     return raw
 
 

@@ -305,11 +305,12 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     labels = {row["experiment"]: point_label(row, keys) + (f", seed {row[SEED]:g}" if several_seeds else "")
               for _, row in table.iterrows()}
     ordered = {labels[name]: curves[name] for name in table["experiment"] if name in curves}
+    values = {labels[row["experiment"]]: row[keys[-1]] for _, row in table.iterrows()}
     if summary.empty:  # no finished run: the tables say so, and there is nothing to plot
         return best, grid2
     if lines and pd.api.types.is_numeric_dtype(summary[keys[-1]]):  # lines against a number; names have the tables
         lines, series = with_series(summary, keys)
-        for name, figure in sweep_figures(lines, keys[-1], ordered, series).items():
+        for name, figure in sweep_figures(lines, keys[-1], ordered, series, values).items():
             save_figure(figure, folder / name)
     if grid2:
         for name, (cells, title) in heatmap_panels(summary, keys, *grid2).items():

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from l2lab.errors import L2labError
-from l2lab.params import ParamsError, load_params, parse_params
+from l2lab.params import ParamsError, load_params, parse_params, plain_value
 from l2lab.studies import PRUNERS, SAMPLERS
 from l2lab.sweeps.grid import KEY, override
 
@@ -33,12 +33,6 @@ class Dimension:
         if self.integer:
             return d.IntDistribution(int(self.low), int(self.high), log=self.kind == "log")
         return d.FloatDistribution(float(self.low), float(self.high), log=self.kind == "log")
-
-
-def _yaml(text: str) -> Any:
-    from ruamel.yaml import YAML
-
-    return YAML(typ="safe").load(text)
 
 
 def parse_space(items: list[str], params_path: Path, fixed: dict[str, str]) -> dict[str, Dimension]:
@@ -85,7 +79,7 @@ def parse_space(items: list[str], params_path: Path, fixed: dict[str, str]) -> d
             values = [low, high]
             dim = Dimension(key, "log" if log_scale else "uniform", low, high, integer=integer, text=spec)
         else:
-            values = [_yaml(v.strip()) for v in spec.split(",") if v.strip()]
+            values = [plain_value(v.strip(), option) for v in spec.split(",") if v.strip()]
             if len(values) < 2 or len({repr(v) for v in values}) != len(values):
                 raise L2labError(f"{option}: a choice needs two or more different values")
             dim = Dimension(key, "choice", choices=tuple(values), text=spec)

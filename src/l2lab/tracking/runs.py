@@ -219,14 +219,15 @@ def training_run(store: Store, params: dict[str, Any], data_summary: dict[str, A
                  split_sha256: dict[str, str]) -> Iterator[Run]:
     """Start the pipeline's run, log params and tags; yield it.
 
-    The run is named after the DVC experiment. When a sweep reserved a run for that
-    experiment, this is that run, already nested under the sweep's parent. Runs left
-    RUNNING by a process that is gone are ended KILLED first.
+    The run is named after the DVC experiment; a plain `dvc repro`'s after its commit (repro_name).
+    When a sweep reserved a run for that experiment, this is that run, already nested under the
+    sweep's parent. Runs left RUNNING by a process that is gone are ended KILLED first.
     """
     end_stale_runs(store)
     name = os.environ.get("DVC_EXP_NAME") or None
     if name is None and data_summary.get("synthetic"):
         name = "demo-synthetic-data"
+    name = name or repro_name(Path.cwd())
     run_id = take_reservation(store, name) if name else None
     if run_id is None:
         created = store.write(lambda: store.client.create_run(store.experiment_id, run_name=name, tags=owner_tags()))
@@ -237,6 +238,17 @@ def training_run(store: Store, params: dict[str, Any], data_summary: dict[str, A
         run.set_tags(training_tags(data_summary, split_sha256))
         run.log_params(params)
         yield run
+
+
+def repro_name(cwd: Path) -> str | None:
+    """`repro-<commit>[-dirty]-<date>-<time>` for a run of `dvc repro` in a workspace: its commit, and whether the
+    code or params there differ from it (dvc.lock and the outputs do not count: the run itself changes them)."""
+    commit = git_commit(cwd)
+    if commit is None:
+        return None
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "params.yaml",
+                              "dvc.yaml"], cwd=cwd, capture_output=True, text=True).stdout.strip()
+    return f"repro-{commit[:8]}{'-dirty' if changed else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def take_reservation(store: Store, exp_name: str) -> str | None:
