@@ -2,22 +2,23 @@
 # virtual environment if there is none, installs the project, then does its job.
 PYTHON ?= python3
 VENV   ?= .venv
-BIN    := $(abspath $(VENV))/bin
+BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # TensorFlow's build: gpu (tensorflow[and-cuda]) where nvidia-smi lists a GPU, else cpu;
 # `make install TF=cpu` to choose.
 TF     ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-RUN    := PATH="$(BIN):$$PATH"
+# Quoted throughout: the checkout may live under a path with spaces; the shell makes BIN absolute.
+RUN    := PATH="$$(cd "$(BIN)" && pwd):$$PATH"
 
 .PHONY: lint repro test test-slow test-all test-team team-up team-down install-team demo ui exps bench bench-sweep install clean-venv
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,$(TF)]'
-	touch $@
+	test -x "$(BIN)/python" || $(PYTHON) -m venv "$(VENV)"
+	"$(BIN)/python" -m pip install --quiet --upgrade pip
+	"$(BIN)/python" -m pip install --quiet -e '.[test,$(TF)]'
+	touch "$@"
 
 # Team mode's extras (docs/team.md): psycopg2, dvc-s3, SeaweedFS, mirakuru, port-for, then the
 # boto3 that matches the botocore dvc-s3 brought.
@@ -25,9 +26,9 @@ TEAM_STAMP := $(VENV)/.installed-team
 install-team: $(TEAM_STAMP)
 
 $(TEAM_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,team,$(TF)]'
-	$(BIN)/python -m pip install --quiet "boto3==$$($(BIN)/python -c 'import botocore; print(botocore.__version__)')"
-	touch $@
+	"$(BIN)/python" -m pip install --quiet -e '.[test,team,$(TF)]'
+	"$(BIN)/python" -m pip install --quiet "boto3==$$("$(BIN)/python" -c 'import botocore; print(botocore.__version__)')"
+	touch "$@"
 
 repro: $(STAMP)
 	$(RUN) dvc repro
@@ -84,4 +85,4 @@ ui: $(STAMP)
 	$(RUN) l2lab ui --port $(UI_PORT)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf "$(VENV)"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from l2lab.commands import checked, dvc, git
+from l2lab.errors import L2labError
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,14 @@ def worktree(repo: Path, sweep_id: str, code: Code, fetch: bool = False) -> Iter
 
 
 def cache_dir(repo: Path) -> str:
-    """The repository's DVC cache folder, as DVC resolves it."""
-    return dvc("cache", "dir", cwd=repo).stdout.strip()
+    """The repository's DVC cache folder, as DVC resolves it; one line if DVC could not write it into a
+    config (it writes config files as ASCII: an experiment in a temporary copy fails on any other path)."""
+    found = dvc("cache", "dir", cwd=repo).stdout.strip()
+    if not found.isascii():
+        raise L2labError(f"DVC's cache is under a path with letters other than ASCII ({found}); DVC cannot write "
+                         "that path into an experiment's config (UnicodeEncodeError), so no point could run: move "
+                         "the repository, or give DVC an ASCII cache folder (dvc cache dir /abs/ascii/path)")
+    return found
 
 
 def remove(repo: Path, path: Path) -> None:
