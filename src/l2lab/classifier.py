@@ -9,6 +9,7 @@ cast to uint8 would come back as confident garbage.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,10 @@ def check_images(model_input: Any) -> np.ndarray:
     if x.size and (x.min() < 0 or x.max() > 255):
         raise refuse(f"got values from {x.min()} to {x.max()}")
     return x.astype(np.uint8, copy=False)
+
+
+# MLflow asks every PythonModel subclass for type hints on predict; this one has none on purpose (see predict).
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method", category=UserWarning)
 
 
 class Classifier(PythonModel):

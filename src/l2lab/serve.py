@@ -3,15 +3,18 @@
 `mlflow models serve` reads a request body whole, however large, answers bad JSON with
 the whole body echoed back, and runs the app in a uvicorn child process that outlives a
 SIGTERM to its parent. This serves the same app (the same /invocations, /ping, /health,
-/version) in this one process: a body over MAX_BODY_BYTES gets 413 before it is read, an
-error answer's message is cut to MAX_ERROR_CHARS characters (its head and its tail) without
-the stack trace, and SIGTERM or Ctrl-C stops the server.
+/version) in this one process: a body over MAX_BODY_BYTES gets 413 before it is read, JSON
+nested deeper than MAX_DEPTH gets 400 (not the app's RecursionError and 500), an error
+answer's message gives the reason first (not MLflow's restatement of the input) and is cut to
+MAX_ERROR_CHARS characters (its head and its tail) without the stack trace, and SIGTERM or
+Ctrl-C stops the server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from l2lab.errors import L2labError, first_line
@@ -22,7 +25,9 @@ log = logging.getLogger(__name__)
 
 # A JSON request of MAX_IMAGES images: 3,072 values each, at most 5 bytes apiece ("255, "), and brackets.
 MAX_BODY_BYTES = MAX_IMAGES * 32 * 32 * 3 * 5 + (1 << 20)
-MAX_ERROR_CHARS = 2_000  # of an error's message: MLflow's echoes the input it could not parse
+MAX_ERROR_CHARS = 2_000  # of an error's message: MLflow echoes the input it could not parse
+MAX_DEPTH = 16  # JSON nesting a request may have: images are 4 levels deep under {"inputs": ...}
+PREDICT_FAILED = re.compile(r"(?s)^Failed to predict data '.*'\. ?\nError: (.*)$")  # MLflow: the input, then why
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -32,6 +37,31 @@ Send = Callable[[Message], Awaitable[None]]
 
 class TooLarge(Exception):
     """The request body grew past the bound while it was read."""
+
+
+class TooDeep(Exception):
+    """The request's JSON nests deeper than MAX_DEPTH (5,000 levels made the app fail with a RecursionError)."""
+
+
+class Depth:
+    """The deepest JSON nesting seen so far in a body read in chunks (brackets outside strings)."""
+
+    def __init__(self) -> None:
+        self.now = self.deepest = 0
+        self.in_string = self.escaped = False
+
+    def feed(self, chunk: bytes) -> int:
+        for byte in chunk:
+            if self.in_string:
+                self.escaped, self.in_string = (False, True) if self.escaped else (byte == 0x5C, byte != 0x22)
+            elif byte == 0x22:
+                self.in_string = True
+            elif byte in (0x5B, 0x7B):  # [ {
+                self.now += 1
+                self.deepest = max(self.deepest, self.now)
+            elif byte in (0x5D, 0x7D):
+                self.now -= 1
+        return self.deepest
 
 
 def _answer(status: int, body: dict[str, Any]) -> list[Message]:
@@ -58,6 +88,9 @@ def shortened(body: bytes) -> bytes:
         return body[:MAX_ERROR_CHARS]
     error.pop("stack_trace", None)
     message = str(error.get("message", ""))
+    reason = PREDICT_FAILED.match(message)
+    if reason:  # the reason alone: the input it restates is the client's own
+        message = error["message"] = reason.group(1).strip()
     if len(message) > MAX_ERROR_CHARS:  # its head and its tail: MLflow puts the input first, the model's reason last
         half = MAX_ERROR_CHARS // 2
         error["message"] = (message[:half] + f" … ({len(message) - 2 * half} more characters cut) … "
@@ -79,7 +112,7 @@ class Bounded:
             for message in too_large(int(length)):
                 await send(message)
             return None
-        read, started, held = 0, False, []
+        read, started, held, depth = 0, False, [], Depth()
 
         async def bounded_receive() -> Message:
             nonlocal read
@@ -87,6 +120,8 @@ class Bounded:
             read += len(message.get("body", b""))
             if read > self.max_body:
                 raise TooLarge()
+            if depth.feed(message.get("body", b"")) > MAX_DEPTH:
+                raise TooDeep()
             return message
 
         async def shortened_send(message: Message) -> None:
@@ -113,6 +148,12 @@ class Bounded:
         except TooLarge:
             if not started:
                 for message in too_large(None):
+                    await send(message)
+        except TooDeep:
+            if not started:
+                for message in _answer(400, {"error_code": "INVALID_PARAMETER_VALUE",
+                                             "message": f"the request nests more than {MAX_DEPTH} levels deep; images "
+                                                        "are 4 (N, 32, 32, 3) under {\"inputs\": ...}"}):
                     await send(message)
 
 

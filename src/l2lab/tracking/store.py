@@ -88,8 +88,30 @@ def _first_use_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class _Dropped(logging.Filter):
+    """Drops a library's log records that begin with one of the given texts: notices no user can act on."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_mlflow() -> None:
+    """MLflow's notices that l2lab's use makes moot: its artifact downloads' progress bars (one per run in a
+    stage's or report's log) and, when a model is logged, the CloudPickle notice (the model is l2lab's own
+    class, logged with l2lab's code beside it)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    pyfunc = logging.getLogger("mlflow.pyfunc")
+    if not any(isinstance(f, _Dropped) for f in pyfunc.filters):
+        pyfunc.addFilter(_Dropped("Passing a Python object as `python_model`"))
+
+
 def connect(root: Path | None = None) -> Store:
     """The store for this repo (creating the database and the experiment on first use)."""
+    quiet_mlflow()
     root = (root or repo_root()).resolve()
     uri = tracking_uri(root)
     with _first_use_lock(root):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,6 @@ def table_artifact(store: Store, run_id: str, name: str) -> list[dict[str, Any]]
     import json
     import tempfile
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run filled the report's log
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = store.client.download_artifacts(run_id, name, tmp)
