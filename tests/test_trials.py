@@ -280,3 +280,35 @@ def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -
         time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(guard_pid, 0)
+
+
+class OperationalError(Exception):
+    """Named as SQLAlchemy's and psycopg2's: the database went away (a restart, the network)."""
+
+
+@pytest.mark.fault
+def test_follow_rides_out_a_storage_outage_and_says_so_once(storage, monkeypatch, caplog) -> None:
+    """PostgreSQL stopped for a minute mid-sweep: the workers rode it out, the sweep that followed them died with
+    three tracebacks once it came back."""
+    monkeypatch.setattr(following, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(following, "OUTAGE_WAIT", 0.0)
+    study = grid_study(storage, "sw7", ["a"])
+    study.tell(trials.take(storage, study).number, 0.5)
+    real, calls = trials.reap, []
+
+    def flaky(*args):  # noqa: ANN002
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("(psycopg2.OperationalError) server closed the connection") from OperationalError()
+        return real(*args)
+
+    monkeypatch.setattr(trials, "reap", flaky)
+    assert follow(storage, study, 1, lambda trial: Progress(0, 1, None)) == {"a": "Success"}
+    assert caplog.text.count("is unreachable") == 1 and "storage is back after" in caplog.text
+    monkeypatch.setattr(following, "OUTAGE_SECONDS", 0.0)
+    calls.clear()
+    with pytest.raises(L2labError, match="unreachable for 0 s .*l2lab report --sweep sw7"):
+        follow(storage, study, 1, lambda trial: Progress(0, 1, None))
+    monkeypatch.setattr(trials, "reap", lambda *args: 1 / 0)  # a bug is no outage: raised at once
+    with pytest.raises(ZeroDivisionError):
+        follow(storage, study, 1, lambda trial: Progress(0, 1, None))

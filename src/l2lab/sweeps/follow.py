@@ -7,12 +7,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from l2lab.errors import L2labError, causes, first_line
 from l2lab.sweeps import trials
 from l2lab.sweeps.grid import POLL_SECONDS
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while points run
+OUTAGE_SECONDS = 600.0  # how long a sweep waits for its storage (or tracking server) to come back, then gives up
+OUTAGE_WAIT = 5.0  # seconds between tries while it is unreachable
+OUTAGES = ("OperationalError", "StorageInternalError", "ConnectionError", "MaxRetryError", "InterfaceError")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,16 @@ def progress_line(done: int, total: int, failed: int, running: dict[str, Progres
     return line
 
 
+@dataclass
+class _Followed:
+    """What follow() has seen so far: the points ended, the last progress line's counts and time."""
+
+    seen: dict[str, str]
+    started: float
+    counts: str = ""
+    logged: float = 0.0
+
+
 def follow(storage: Any, study: Any, total: int, progress: Callable[[Any], Progress],
            keep: Callable[[int], None] = lambda needed: None, seen: dict[str, str] | None = None) -> dict[str, str]:
     """Read the study until total points have ended; return point name -> Success/Failed.
@@ -48,27 +62,56 @@ def follow(storage: Any, study: Any, total: int, progress: Callable[[Any], Progr
     silence), then calls keep(needed) with how many points wait for a worker (this machine's
     workers are kept going, l2lab.sweeps.run). A progress line whenever the counts change and
     at least every PROGRESS_SECONDS while points run, with each running point's epoch
-    (progress(trial)). seen: the points an earlier call followed to their end (a refit's follows its folds').
+    (progress(trial)). seen: the points an earlier call followed to their end (a refit's follows its
+    folds'). A storage or tracking server that cannot be reached (restarted, a network fault) is tried
+    again every OUTAGE_WAIT seconds, said once, for up to OUTAGE_SECONDS: the workers ride it out too.
     """
-    seen = dict(seen or {})
-    last_counts, last_logged, started = "", 0.0, time.monotonic()
+    state, down_since = _Followed(dict(seen or {}), time.monotonic()), None
     while True:
-        trials.reap(storage, study)
-        everything = study.get_trials(deepcopy=False)
-        latest = trials.latest_tries(everything)
-        for name, trial in latest.items():
-            if name not in seen and trial.state.is_finished():
-                seen[name] = trials.STATES[trial.state.name]
-                log.info("%s: %s%s", name, seen[name], " (pruned)" if trial.state.name == "PRUNED" else "")
-        waiting = sum(t.state.name == "WAITING" for t in latest.values())
-        keep(waiting + max(0, total - len(latest)) if trials.is_tune(study) else waiting)
-        running = {name: t for name, t in latest.items() if t.state.name == "RUNNING"}
-        failed = sum(s == "Failed" for s in seen.values())
-        counts, now = f"{len(seen)}/{failed}/{len(running)}", time.monotonic()
-        if counts != last_counts or (running and now - last_logged >= PROGRESS_SECONDS):
-            shown = {name: progress(t) for name, t in running.items()}
-            log.info("sweep progress: %s", progress_line(len(seen), total, failed, shown, now - started))
-            last_counts, last_logged = counts, now
-        if len(seen) >= total:
-            return seen
+        try:
+            done = _read(storage, study, total, progress, keep, state)
+        except Exception as exc:  # an outage is waited out; anything else is raised
+            if not outage(exc):
+                raise
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("the sweep's storage or tracking server is unreachable (%s): trying again every %.0f s, "
+                            "for up to %.0f s", first_line(exc, 160), OUTAGE_WAIT, OUTAGE_SECONDS)
+            elif time.monotonic() - down_since > OUTAGE_SECONDS:
+                raise L2labError(f"the sweep's storage or tracking server has been unreachable for "
+                                 f"{OUTAGE_SECONDS:.0f} s ({first_line(exc, 160)}); its points run on: `l2lab report "
+                                 f"--sweep {study.study_name}` reports them once it is back") from None
+            time.sleep(OUTAGE_WAIT)
+            continue
+        if down_since is not None:
+            log.info("the sweep's storage is back after %.0f s", time.monotonic() - down_since)
+            down_since = None
+        if done:
+            return state.seen
         time.sleep(POLL_SECONDS)
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether an error says a database or server is unreachable (a restart, a network fault), not a bug."""
+    return any(type(error).__name__ in OUTAGES for error in causes(exc))
+
+
+def _read(storage: Any, study: Any, total: int, progress: Callable[[Any], Progress], keep: Callable[[int], None],
+          state: _Followed) -> bool:
+    """One read of the study (see follow); whether every point has ended."""
+    trials.reap(storage, study)
+    latest = trials.latest_tries(study.get_trials(deepcopy=False))
+    for name, trial in latest.items():
+        if name not in state.seen and trial.state.is_finished():
+            state.seen[name] = trials.STATES[trial.state.name]
+            log.info("%s: %s%s", name, state.seen[name], " (pruned)" if trial.state.name == "PRUNED" else "")
+    waiting = sum(t.state.name == "WAITING" for t in latest.values())
+    keep(waiting + max(0, total - len(latest)) if trials.is_tune(study) else waiting)
+    running = {name: t for name, t in latest.items() if t.state.name == "RUNNING"}
+    failed = sum(s == "Failed" for s in state.seen.values())
+    counts, now = f"{len(state.seen)}/{failed}/{len(running)}", time.monotonic()
+    if counts != state.counts or (running and now - state.logged >= PROGRESS_SECONDS):
+        shown = {name: progress(t) for name, t in running.items()}
+        log.info("sweep progress: %s", progress_line(len(state.seen), total, failed, shown, now - state.started))
+        state.counts, state.logged = counts, now
+    return len(state.seen) >= total
