@@ -239,3 +239,39 @@ def test_two_first_sweeps_on_a_fresh_storage_both_start(stack: team_stack.Stack)
                 assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
     finally:
         con.close()
+
+
+@pytest.mark.fault
+def test_team_up_starts_again_each_stopped_service_on_its_data(stack: team_stack.Stack) -> None:
+    """After SIGTERM to the team's `mlflow server` nothing restarted it, `team up` refused (set up already) and
+    `team down` deletes the data. Now `team up` starts whichever service is down, keeping what it held."""
+    import os
+
+    folder = Path(stack.folder)
+    client = MlflowClient(stack.tracking_uri)
+    run_id = client.create_run(client.create_experiment("kept")).info.run_id
+    team_stack.s3_client(stack).put_object(Bucket=team_stack.BUCKET, Key="kept.txt", Body=b"kept")
+    for service in ("mlflow", "s3", "postgres"):
+        current = team_stack.load(folder)
+        if service == "postgres":
+            subprocess.run(team_stack._as_postgres([team_stack._pg_bin("pg_ctl"), "-D",
+                                                    str(Path(current.pg_data) / "db"), "-m", "fast", "-w", "stop"]),
+                           check=True, capture_output=True)
+            assert not team_stack.pg_running(current)
+        else:
+            os.kill(current.pids[service], signal.SIGTERM)
+            wait_for(lambda: not team_stack._alive(current.pids[service]), 60, f"{service} to stop")
+        again = team_stack.up(folder)  # no error: the stack is set up; the one service down starts
+        assert (again.mlflow_port, again.s3_port, again.pg_port) == (stack.mlflow_port, stack.s3_port, stack.pg_port)
+        assert team_stack.pg_running(again)
+        body = team_stack.s3_client(again).get_object(Bucket=team_stack.BUCKET, Key="kept.txt")["Body"].read()
+        assert body == b"kept", service
+        kept = wait_for(lambda: _run_or_none(client, run_id), 60, "the tracking server to answer")
+        assert kept.info.run_id == run_id, service  # PostgreSQL's data, through MLflow
+
+
+def _run_or_none(client: MlflowClient, run_id: str):
+    try:
+        return client.get_run(run_id)
+    except Exception:  # noqa: BLE001 (the server's first requests after PostgreSQL restarted may fail)
+        return None

@@ -265,7 +265,7 @@ def ui(args: argparse.Namespace) -> int:
 def print_report(report) -> None:
     from l2lab.sweeps.report import best_title, champion_line
 
-    shown = ["trial", "experiment", *report.keys, "pruned_at_epoch", "val_accuracy", "test_accuracy",
+    shown = ["trial", "experiment", *report.keys, "data.fold", "pruned_at_epoch", "val_accuracy", "test_accuracy",
              "generalization_gap", "weight_norm_total", "status"]
     print(f"\nSweep {report.sweep_id} ({len(report.table)} runs), files in {report.folder}")
     table = report.table[[c for c in shown if c in report.table]]
@@ -273,7 +273,9 @@ def print_report(report) -> None:
     if report.heat_axes is not None:
         print(best_title(*report.heat_axes))
         print(report.best_per_row.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(champion_line(report.champion, report.keys, report.champion_version))
+    if report.picks:
+        print(report.picks)
+    print(champion_line(report.champion, report.keys, report.champion_version, report.refit_rule))
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -45,10 +45,11 @@ def _lambda_axis(ax, values) -> None:
 
 
 def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: str | None = None,
-                  values: dict[str, object] | None = None) -> dict[str, object]:
+                  values: dict[str, object] | None = None, over: str = "seeds") -> dict[str, object]:
     """PNG-ready figures: accuracy, gap and weight norm against the swept value, with the std over
     seeds as error bars where a value has several runs; val curves per point (values: each curve's
-    swept value, which colours them past LEGEND_MAX curves).
+    swept value, which colours them past LEGEND_MAX curves). over: what a point's several runs are (seeds; a
+    cross-validated sweep's folds).
 
     series: a column that splits the summary into lines of their own (a --versus-adamw sweep's
     penalty); its "none" rows, the unpenalized baseline, start every line.
@@ -72,7 +73,7 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
                             color=color, label=" ".join(filter(None, [column if len(columns) > 1 else "", label])))
         _lambda_axis(ax, summary[axis])
         ax.set_xlabel(AXIS_LABELS.get(axis, axis))
-        ax.set_ylabel(ylabel + (" (mean ± std over seeds)" if several else ""))
+        ax.set_ylabel(ylabel + (f" (mean ± std over {over})" if several else ""))
         ax.grid(True, alpha=0.3)
         if len(columns) > 1 or len(lines) > 1:
             ax.legend(fontsize=8)
@@ -100,11 +101,12 @@ def cv_figure(cv, axis: str, chosen, series: str | None = None):
     for label, rows in series_groups(cv, series, axis).items():
         ax.errorbar(rows[axis], rows["val_accuracy_mean"], yerr=rows["val_accuracy_se"].fillna(0.0), marker="o",
                     capsize=3, label=label or "mean ± 1 s.e. over folds")
+    _lambda_axis(ax, cv[axis])
+    ax.set_xlim(ax.get_xlim())  # the points' range: the marks below would widen it (past 0, to negative lambdas)
     for row, style, name in ((chosen.best, "-", "lambda_min"), (chosen.one_se, "--", "lambda_1se")):
         ax.axvline(row[axis], color="C3" if name == "lambda_min" else "C2", linestyle=style,
                    label=f"{name} = {row[axis]:g}")
     ax.axhline(chosen.threshold, color="grey", linestyle=":", linewidth=1, label="best mean - 1 s.e.")
-    _lambda_axis(ax, cv[axis])
     ax.set_xlabel(AXIS_LABELS.get(axis, axis))
     ax.set_ylabel("val accuracy (mean ± 1 s.e. over folds)")
     ax.grid(True, alpha=0.3)

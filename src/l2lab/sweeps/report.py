@@ -49,6 +49,8 @@ class Report:
     folder: Path
     best_per_row: pd.DataFrame | None = None  # two numeric axes: the best x for each y (best_per_row)
     heat_axes: tuple[str, str] | None = None  # those axes, (x, y), where the sweep has them
+    picks: str = ""  # a cross-validated sweep's lambda_min and lambda_1se, as a sentence
+    refit_rule: str | None = None  # the champion is a refit: its rule (lambda_1se, lambda_min)
 
 
 def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.DataFrame:
@@ -220,19 +222,22 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     cv = cv_summary(grid, keys, folds) if folds else None
     chosen = picks(cv, keys[-1]) if cv is not None else None
     champion = refit_row(table) if folds else None
+    rule = next((r["tags"].get("l2lab.refit") for r in runs if r["run_id"] == champion["mlflow_run_id"]), None) \
+        if champion is not None else None
     if champion is None:
         champion = choose_champion(grid, keys)
     version = register_champion(store, champion["mlflow_run_id"]) if champion is not None else None
     folder = out_root / sweep_id
     best, heat_axes = write_files(folder, grid, keys, {r["name"]: r["val_curve"] for r in runs}, champion, version,
-                                  lines=space is None, cv=cv, chosen=chosen, every=table)
+                                  lines=space is None, cv=cv, chosen=chosen, every=table, refit=rule)
     if space is not None:
         tune_figures(sweep_id, folder)
     if histograms and (len(keys) == 1 or sweep_versus(store, parent_id)):  # one axis (or coupled vs decoupled)
         save_figure(weight_distribution_figure(distributions(grid, keys, histograms), keys[-1]),
                     folder / "weight_distributions.png")
     log_report(store, parent_id, folder)
-    return Report(sweep_id, keys, table, champion, version, folder, best, heat_axes)
+    picked = cv_section(cv, keys, chosen).split("\n\n")[-2] if cv is not None else ""
+    return Report(sweep_id, keys, table, champion, version, folder, best, heat_axes, picked, rule)
 
 
 def refit_row(table: pd.DataFrame) -> pd.Series | None:
@@ -271,7 +276,7 @@ def zero_share(histogram: pd.DataFrame) -> float:
 
 def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict[str, list[float]],
                 champion: pd.Series | None, version: str | None, lines: bool = True, cv: pd.DataFrame | None = None,
-                chosen: Picks | None = None, every: pd.DataFrame | None = None
+                chosen: Picks | None = None, every: pd.DataFrame | None = None, refit: str | None = None
                 ) -> tuple[pd.DataFrame | None, tuple[str, str] | None]:
     """table.csv, summary.csv, table.md (summary, runs, champion and noise lines) and the PNG plots; with two
     numeric axes also best_per_row.csv and heatmaps. Returns the best-per-row table and its (x, y), if any.
@@ -281,7 +286,6 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     folder.mkdir(parents=True, exist_ok=True)
     every = table if every is None else every
     summary = summary_table(table, keys)
-    refit = champion is not None and FOLD in champion and champion[FOLD] == "all"
     noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None and not refit else ""
     cv_text = cv_section(cv, keys, chosen) if cv is not None else ""
     grid2 = two_axes(summary, keys) if lines else None
@@ -294,7 +298,7 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
         md_tmp.write_text(cv_text + "Mean ± std over seeds (sample std; none with one run):\n\n"
                           + summary_markdown(summary, keys)
                           + "\n" + best_text + "\nEvery run:\n\n" + markdown(every) + "\n"
-                          + champion_line(champion, keys, version) + "\n\n" + noise + "\n")
+                          + champion_line(champion, keys, version, refit) + "\n\n" + noise + "\n")
     if cv is not None:
         with atomic_outputs(folder / "cv.csv") as (cv_tmp,):
             cv.to_csv(cv_tmp, index=False)
@@ -310,7 +314,8 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
         return best, grid2
     if lines and pd.api.types.is_numeric_dtype(summary[keys[-1]]):  # lines against a number; names have the tables
         lines, series = with_series(summary, keys)
-        for name, figure in sweep_figures(lines, keys[-1], ordered, series, values).items():
+        over = "folds" if cv is not None else "seeds"
+        for name, figure in sweep_figures(lines, keys[-1], ordered, series, values, over).items():
             save_figure(figure, folder / name)
     if grid2:
         for name, (cells, title) in heatmap_panels(summary, keys, *grid2).items():
@@ -456,10 +461,14 @@ def best_per_row(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.D
     return pd.DataFrame(rows)
 
 
-def champion_line(champion: pd.Series | None, keys: list[str], version: str | None) -> str:
+def champion_line(champion: pd.Series | None, keys: list[str], version: str | None, refit: str | None = None) -> str:
     if champion is None:
         return "No finished run: no champion."
     registered = f"; registered as {REGISTERED_MODEL} version {version} (alias {CHAMPION_ALIAS})" if version else ""
+    if refit:  # trained on the whole pool: no validation accuracy of its own
+        return (f"Champion (the {refit} refit, trained on every train and val image): {point_label(champion, keys)}, "
+                f"test_accuracy {champion['test_accuracy']:.4f}, experiment {champion['experiment']}, MLflow run "
+                f"{champion['mlflow_run_id']}{registered}")
     return (f"Champion (best validation accuracy): {point_label(champion, keys)}, val_accuracy "
             f"{champion['val_accuracy']:.4f}, test_accuracy {champion['test_accuracy']:.4f}, "
             f"experiment {champion['experiment']}, MLflow run {champion['mlflow_run_id']}{registered}")

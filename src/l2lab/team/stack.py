@@ -2,7 +2,8 @@
 
 For trying team mode on one machine and for the tests; a real team points the same
 variables at its own PostgreSQL, S3 and tracking server (docs/team.md).
-`l2lab team up` starts the three, each in a session of its own, with their data under
+`l2lab team up` starts the three (on a stack set up already, whichever is down, on its data), each in a
+session of its own, with their data under
 one folder (`.team/` by default, git-ignored), writes the variables clients need to
 `<folder>/env` (mode 600: it holds passwords) and the processes to `<folder>/stack.json`;
 `l2lab team down` stops them and removes
@@ -166,14 +167,7 @@ def start_postgres(stack: Stack) -> None:
                              "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"]), "initdb")
     finally:
         pwfile.unlink(missing_ok=True)
-    log_file = data / "postgres.log"  # beside its data: the postgres user may not reach the stack folder's logs/
-    options = f"-h 127.0.0.1 -p {stack.pg_port} -k {data}"
-    try:
-        checked(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(log_file), "-o", options, "-w",
-                             "-t", "60", "start"]), "pg_ctl start")
-    except L2labError as exc:
-        last = _log_lines(log_file)[-1:]
-        raise L2labError(f"{exc} ({last[0] if last else 'no log'}; log: {log_file})") from None
+    pg_start(stack)
     import psycopg2
 
     con = psycopg2.connect(host=str(data), port=stack.pg_port, user="postgres", dbname="postgres")
@@ -185,6 +179,24 @@ def start_postgres(stack: Stack) -> None:
                 cur.execute(f"CREATE DATABASE {name} OWNER {ROLE}")
     finally:
         con.close()
+
+
+def pg_start(stack: Stack) -> None:
+    """`pg_ctl start -w` on the stack's data and port; its log's last line when it fails."""
+    data = Path(stack.pg_data)
+    log_file = data / "postgres.log"  # beside its data: the postgres user may not reach the stack folder's logs/
+    options = f"-h 127.0.0.1 -p {stack.pg_port} -k {data}"
+    try:
+        checked(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data / "db"), "-l", str(log_file), "-o", options, "-w",
+                             "-t", "60", "start"]), "pg_ctl start")
+    except L2labError as exc:
+        last = _log_lines(log_file)[-1:]
+        raise L2labError(f"{exc} ({last[0] if last else 'no log'}; log: {log_file})") from None
+
+
+def pg_running(stack: Stack) -> bool:
+    return subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(Path(stack.pg_data) / "db"), "status"]),
+                          capture_output=True).returncode == 0
 
 
 class PortTaken(L2labError):
@@ -273,8 +285,9 @@ def on_free_ports(start: Callable[[], None], new_ports: Callable[[], None], trie
             new_ports()
 
 
-def start_s3(stack: Stack, folder: Path) -> None:
-    """SeaweedFS's all-in-one server with its S3 gateway; one identity; the bucket created."""
+def start_s3(stack: Stack, folder: Path, fresh: bool = True) -> None:
+    """SeaweedFS's all-in-one server with its S3 gateway; one identity; the bucket there (made if missing).
+    fresh=False: a stack's S3 started again, on its ports and data (it cannot move: clients have its port)."""
     data = folder / "s3"
     data.mkdir(exist_ok=True)
     config = folder / "s3.json"
@@ -290,6 +303,11 @@ def start_s3(stack: Stack, folder: Path) -> None:
         s3 = s3_client(stack)
 
         def bucket_missing() -> str | None:
+            try:
+                s3.head_bucket(Bucket=BUCKET)  # started again: the bucket and its objects are there
+                return None
+            except Exception:  # noqa: BLE001 (none yet, or not listening yet)
+                pass
             try:
                 s3.create_bucket(Bucket=BUCKET)
             except Exception as exc:  # not listening yet, or its volumes not ready
@@ -308,6 +326,9 @@ def start_s3(stack: Stack, folder: Path) -> None:
         shutil.rmtree(data)  # a fresh store: the failed one may have begun one
         data.mkdir()
 
+    if not fresh:
+        _remove_weed_sockets(stack)
+        return start()
     on_free_ports(start, new_ports)
 
 
@@ -326,7 +347,7 @@ def s3_client(stack: Stack):
                         aws_secret_access_key=stack.secret_key, region_name="us-east-1")
 
 
-def start_mlflow(stack: Stack, folder: Path) -> None:
+def start_mlflow(stack: Stack, folder: Path, fresh: bool = True) -> None:
     """`mlflow server` on PostgreSQL, artifacts proxied to s3://l2lab/mlartifacts; one worker, no job runner.
 
     The backend URI (with its password) goes through the environment, not argv, so `ps` does not show it.
@@ -336,21 +357,16 @@ def start_mlflow(stack: Stack, folder: Path) -> None:
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
 
-    def health_missing() -> str | None:
-        try:
-            with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=5) as response:
-                return None if response.status == 200 else f"/health answered {response.status}"
-        except OSError as exc:
-            return str(exc)
-
     def start() -> None:
         serve(stack, "mlflow", [mlflow, "server", "--artifacts-destination", f"s3://{BUCKET}/mlartifacts",
                                 "--host", "127.0.0.1", "--port", str(stack.mlflow_port), "--workers", "1"],
-              folder / "logs" / "mlflow.log", health_missing, env)
+              folder / "logs" / "mlflow.log", lambda: _mlflow_missing(stack), env)
 
     def new_port() -> None:
         stack.mlflow_port, = free_ports(1)
 
+    if not fresh:  # started again: on its port, which clients have
+        return start()
     on_free_ports(start, new_port)
 
 
@@ -376,7 +392,7 @@ def up(folder: Path = TEAM_DIR) -> Stack:
     """Start the stack under folder; stop whatever started if a part fails."""
     folder = folder.resolve()
     if (folder / "stack.json").exists():
-        raise L2labError(f"a team stack is already set up in {folder}: `l2lab team down --dir {folder}` first")
+        return revive(folder)
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     pg_port, s3_port, master, volume, filer, mlflow_port = free_ports(6)
     stack = Stack(str(folder), str(_pg_data_folder(folder)), pg_port, secrets.token_urlsafe(18), s3_port,
@@ -401,6 +417,44 @@ def up(folder: Path = TEAM_DIR) -> Stack:
     log.info("team stack up in %.1f s: MLflow %s, S3 %s, PostgreSQL 127.0.0.1:%d", time.monotonic() - started,
              stack.tracking_uri, stack.s3_endpoint, stack.pg_port)
     return stack
+
+
+def revive(folder: Path) -> Stack:
+    """A stack set up already: start whichever of its servers is down (stopped, killed, the machine restarted), on
+    its ports and its data; the others are left running."""
+    stack = load(folder)
+    started = []
+    if not pg_running(stack):
+        pg_start(stack)
+        started.append("PostgreSQL")
+    for name, start, missing in (("s3", start_s3, lambda: _s3_missing(stack)),
+                                 ("mlflow", start_mlflow, lambda: _mlflow_missing(stack))):
+        pid = stack.pids.get(name)
+        if pid and _alive(pid) and missing() is None:
+            continue
+        if pid:
+            stop_server(pid, stack.marks.get(name), grace=5.0)  # what is left of it (a hung server, its workers)
+        start(stack, folder, fresh=False)
+        started.append({"s3": "S3", "mlflow": "MLflow"}[name])
+    _write_private(folder / "stack.json", json.dumps(asdict(stack), indent=1))
+    log.info("team stack in %s: %s", folder, f"started again: {', '.join(started)}" if started else "all running")
+    return stack
+
+
+def _s3_missing(stack: Stack) -> str | None:
+    try:
+        s3_client(stack).head_bucket(Bucket=BUCKET)
+    except Exception as exc:  # noqa: BLE001 (any failure: the server is not serving)
+        return str(exc)
+    return None
+
+
+def _mlflow_missing(stack: Stack) -> str | None:
+    try:
+        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=5) as response:
+            return None if response.status == 200 else f"/health answered {response.status}"
+    except OSError as exc:
+        return str(exc)
 
 
 def load(folder: Path = TEAM_DIR) -> Stack:
