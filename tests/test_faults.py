@@ -77,6 +77,17 @@ def test_diverging_run_fails_clearly(bare: Path) -> None:
     assert not (project / "models" / "model.keras").exists()
 
 
+def test_a_run_that_collapses_to_chance_is_tagged_collapsed(project: Path) -> None:
+    """A penalty that swamps the data (train.l2 = 1: the weights shrink to nothing) ends at chance without a NaN:
+    FINISHED, and no result. The evaluate stage says so and tags the run; a sweep's report leaves it out."""
+    set_params(project, train__l2=1.0)
+    proc = run(project, "dvc", "repro")
+    assert "the run collapsed; it is tagged l2lab.collapsed" in proc.stderr
+    (only,) = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_runs(["1"])
+    assert only.info.status == "FINISHED" and only.data.tags["l2lab.collapsed"] == "true"
+    assert only.data.metrics["val_accuracy"] <= 0.1 + 2 * (0.09 / 50) ** 0.5  # chance, on 50 validation images
+
+
 def test_busy_database_is_retried_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     store = connect(tmp_path)

@@ -322,3 +322,23 @@ def test_a_one_point_sweeps_plots_label_its_value(l2: float) -> None:
         shown = [t.get_text() for t in ax.get_xticklabels()
                  if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
         assert shown == [f"{l2:g}"], (name, shown)
+
+
+def test_a_run_at_chance_is_collapsed_and_in_no_pick() -> None:
+    """SGD at rates of 0.1 and above ended at chance (10%) without a flag and could be reported like any run."""
+    from l2lab.scores import collapsed
+    from l2lab.sweeps.cv import picks, summary
+    from l2lab.sweeps.report import collapsed_line
+
+    assert collapsed(0.1, 5000, 10) and collapsed(0.108, 5000, 10) and not collapsed(0.12, 5000, 10)
+    assert collapsed(0.18, 50, 10) and not collapsed(0.2, 50, 10)  # few images: chance spreads wider
+    rows = [run("a", 0.0, 0.5, 0.5), run("b", 1e-3, 0.9, 0.2), run("c", 1e-2, 0.4, 0.4)]
+    rows[1]["tags"] = {"l2lab.collapsed": "true"}  # whatever its numbers say, it is no result
+    table = sweep_table(rows)
+    assert choose_champion(table, "train.l2")["train.l2"] == 0.0
+    assert collapsed_line(table).startswith("1 run(s) collapsed: validation accuracy at chance") and ": b" in \
+        collapsed_line(table)
+    folds = table.assign(**{"data.fold": ["0", "0", "0"]})
+    cv = summary(folds, ["train.l2"], 1)
+    assert 1e-3 not in set(cv.loc[cv["complete"], "train.l2"])  # its one fold collapsed: no mean to pick
+    assert picks(summary(folds, ["train.l2"], 1), "train.l2").best["train.l2"] == 0.0

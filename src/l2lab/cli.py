@@ -275,6 +275,10 @@ def print_report(report) -> None:
         print(report.best_per_row.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if report.picks:
         print(report.picks)
+    from l2lab.sweeps.report import collapsed_line
+
+    if collapsed_line(report.table):
+        print(collapsed_line(report.table))
     print(champion_line(report.champion, report.keys, report.champion_version, report.refit_rule))
 
 

@@ -47,8 +47,8 @@ def evaluate(paths: EvalPaths) -> dict:
     import pandas as pd
 
     from l2lab.devices import prepare_device
-    from l2lab.scores import score
-    from l2lab.tracking.runs import resumed_run
+    from l2lab.scores import collapsed, score
+    from l2lab.tracking.runs import COLLAPSED_TAG, resumed_run
     from l2lab.tracking.store import connect
 
     store = connect()  # a broken or locked store fails here, before any work
@@ -67,6 +67,11 @@ def evaluate(paths: EvalPaths) -> dict:
         header = list(result.per_class[0])
         write_rows(paths.per_class, header, [[row[k] for k in header] for row in result.per_class])
         run.log_metrics({k: v for k, v in flatten(result.metrics).items() if not k.startswith(EPOCH_SERIES)})
+        if "val_accuracy" in result.metrics and collapsed(result.metrics["val_accuracy"], len(splits["val"][1]),
+                                                           len(classes)):
+            run.set_tags({COLLAPSED_TAG: "true"})  # no result: left out of every pick (l2lab.sweeps.report)
+            log.warning("val_accuracy %.4f is at chance (1/%d): the run collapsed; it is tagged %s",
+                        result.metrics["val_accuracy"], len(classes), COLLAPSED_TAG)
         run.log_figure(confusion_figure(result.confusion, classes), "confusion_matrix.png")
         run.log_table(pd.DataFrame(result.per_class), "per_class_report.json")
         run.log_dict(metrics, "metrics.json")

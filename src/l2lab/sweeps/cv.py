@@ -27,9 +27,11 @@ class Picks:
 
 def summary(table: pd.DataFrame, keys: list[str], folds: int) -> pd.DataFrame:
     """One row per point (its values of keys): folds finished, mean and standard error over folds of
-    val_accuracy and val_loss (a fold's several seeds averaged first). Points with a fold missing (failed)
-    are kept, with complete False: no pick considers them."""
+    val_accuracy and val_loss (a fold's several seeds averaged first). Points with a fold missing (failed, or
+    collapsed to chance) are kept, with complete False: no pick considers them."""
     done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna()]
+    if "collapsed" in done:  # at chance: the fold counts as missing
+        done = done[~done["collapsed"].astype(bool)]
     per_fold = done.groupby([*keys, FOLD], observed=True)[["val_accuracy", "val_loss"]].mean().reset_index()
     grouped = per_fold.groupby(keys, observed=True)
     out = grouped[["val_accuracy", "val_loss"]].mean().add_suffix("_mean")

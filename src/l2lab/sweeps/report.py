@@ -20,7 +20,7 @@ from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep, slu
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
 from l2lab.tracking.store import connect
-from l2lab.tracking.runs import HISTOGRAMS
+from l2lab.tracking.runs import COLLAPSED_TAG, HISTOGRAMS
 from l2lab.tracking.sweep_runs import (axis_value, latest_sweep, sweep_axes, sweep_parent_id, sweep_runs, sweep_versus,
                                    table_artifact, tune_space)
 
@@ -63,7 +63,8 @@ def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.Data
                                for key in keys if key in run["params"]}  # a fold is 0..K-1 or "all": text
         row["epochs"] = int(run["params"].get("train.epochs", 0))
         row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
-        row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"])
+        row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"],
+                   collapsed=run.get("tags", {}).get(COLLAPSED_TAG) == "true")
         rows.append(row)
     if not rows:
         raise L2labError("the sweep has no runs yet")
@@ -123,6 +124,8 @@ def choose_champion(table: pd.DataFrame, by: str | Sequence[str]) -> pd.Series |
     # Evaluated runs only: one whose experiment failed after training has no test metrics (older sweeps
     # left such runs FINISHED).
     done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna() & table["test_accuracy"].notna()]
+    if "collapsed" in done:  # at chance: a training that failed, whatever its status says
+        done = done[~done["collapsed"].astype(bool)]
     if PRUNED in done:  # a pruned trial's accuracy is that of a shortened training: never the champion
         done = done[done[PRUNED].isna()]
     if done.empty:
@@ -240,6 +243,15 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
     return Report(sweep_id, keys, table, champion, version, folder, best, heat_axes, picked, rule)
 
 
+def collapsed_line(table: pd.DataFrame) -> str:
+    """How many runs collapsed to chance (tag l2lab.collapsed), and that they are in no pick; "" when none."""
+    gone = table[table["collapsed"].astype(bool)] if "collapsed" in table else table.iloc[:0]
+    if gone.empty:
+        return ""
+    return (f"{len(gone)} run(s) collapsed: validation accuracy at chance (tag {COLLAPSED_TAG}), left out of the "
+            f"champion and the picks: {', '.join(gone['experiment'])}")
+
+
 def refit_row(table: pd.DataFrame) -> pd.Series | None:
     """A cross-validated sweep's refit run (data.fold all), evaluated: the champion by the sweep's rule."""
     done = table[(table[FOLD] == "all") & (table["status"] == "FINISHED") & table["test_accuracy"].notna()]
@@ -288,6 +300,7 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     summary = summary_table(table, keys)
     noise = noise_line(summary, keys, tuple(champion[k] for k in keys)) if champion is not None and not refit else ""
     cv_text = cv_section(cv, keys, chosen) if cv is not None else ""
+    gone = collapsed_line(every)
     grid2 = two_axes(summary, keys) if lines else None
     best = best_per_row(summary, keys, *grid2) if grid2 else None
     best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
@@ -298,7 +311,8 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
         md_tmp.write_text(cv_text + "Mean ± std over seeds (sample std; none with one run):\n\n"
                           + summary_markdown(summary, keys)
                           + "\n" + best_text + "\nEvery run:\n\n" + markdown(every) + "\n"
-                          + champion_line(champion, keys, version, refit) + "\n\n" + noise + "\n")
+                          + champion_line(champion, keys, version, refit) + "\n\n" + noise + "\n"
+                          + (f"\n{gone}\n" if gone else ""))
     if cv is not None:
         with atomic_outputs(folder / "cv.csv") as (cv_tmp,):
             cv.to_csv(cv_tmp, index=False)

@@ -27,6 +27,7 @@ from l2lab.tracking.store import Store, bind_fluent, search_runs
 log = logging.getLogger(__name__)
 
 MODEL_URI_TAG = "l2lab.model_uri"
+COLLAPSED_TAG = "l2lab.collapsed"  # "true": the run's val_accuracy ended at chance (scores.collapsed): no result
 HISTOGRAMS = "weight_histograms.json"  # run artifact: |w| histogram per layer per epoch (a table in the UI)
 DEMO_NOTE = (
     "**Demo run on synthetic data, not CIFAR-10.** Generated shapes and colours in the CIFAR-10 "
