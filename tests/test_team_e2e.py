@@ -275,3 +275,33 @@ def _run_or_none(client: MlflowClient, run_id: str):
         return client.get_run(run_id)
     except Exception:  # noqa: BLE001 (the server's first requests after PostgreSQL restarted may fail)
         return None
+
+
+@pytest.mark.fault
+def test_a_team_sweep_rides_out_its_database_stopping(tmp_path: Path, stack: team_stack.Stack, small_archive: Path,
+                                                      small_archive_sha256: str) -> None:
+    """PostgreSQL stopped for a while mid-sweep: the workers rode it out, but the `l2lab sweep` that follows them
+    died with three tracebacks once it came back, its parent run FAILED."""
+    admin, remote = team_project(tmp_path, stack, small_archive, small_archive_sha256, epochs=3)
+    worker_clone = tmp_path / "w1"
+    run(tmp_path, "git", "clone", "-q", str(remote), str(worker_clone))
+    sweep = start(admin, stack, "l2lab", "sweep", "--l2", "0,0.001", log=tmp_path / "sweep.log")
+    wait_for(lambda: "2 points for team workers" in (tmp_path / "sweep.log").read_text(), 120, "the grid")
+    worker = start(worker_clone, stack, "l2lab", "worker", log=tmp_path / "w1.log")
+    client = MlflowClient(stack.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    wait_for(lambda: client.search_runs([experiment], "attributes.status = 'RUNNING'"), 300, "a point to train")
+    db = str(Path(stack.pg_data) / "db")
+    subprocess.run(team_stack._as_postgres([team_stack._pg_bin("pg_ctl"), "-D", db, "-m", "fast", "-w", "stop"]),
+                   check=True, capture_output=True)
+    wait_for(lambda: "is unreachable" in (tmp_path / "sweep.log").read_text(), 60, "the sweep to notice")
+    time.sleep(10)
+    team_stack.pg_start(stack)
+    assert worker.wait(timeout=900) == 0, (tmp_path / "w1.log").read_text()
+    assert sweep.wait(timeout=300) == 0, (tmp_path / "sweep.log").read_text()
+    said = (tmp_path / "sweep.log").read_text()
+    assert said.count("is unreachable") == 1 and "is back after" in said and "Traceback" not in said
+    (parent,) = client.search_runs([experiment], "tags.`l2lab.role` = 'sweep'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]

@@ -291,7 +291,7 @@ def test_follow_rides_out_a_storage_outage_and_says_so_once(storage, monkeypatch
     """PostgreSQL stopped for a minute mid-sweep: the workers rode it out, the sweep that followed them died with
     three tracebacks once it came back."""
     monkeypatch.setattr(following, "POLL_SECONDS", 0.0)
-    monkeypatch.setattr(following, "OUTAGE_WAIT", 0.0)
+    monkeypatch.setattr(trials, "OUTAGE_WAIT", 0.0)
     study = grid_study(storage, "sw7", ["a"])
     study.tell(trials.take(storage, study).number, 0.5)
     real, calls = trials.reap, []
@@ -304,8 +304,8 @@ def test_follow_rides_out_a_storage_outage_and_says_so_once(storage, monkeypatch
 
     monkeypatch.setattr(trials, "reap", flaky)
     assert follow(storage, study, 1, lambda trial: Progress(0, 1, None)) == {"a": "Success"}
-    assert caplog.text.count("is unreachable") == 1 and "storage is back after" in caplog.text
-    monkeypatch.setattr(following, "OUTAGE_SECONDS", 0.0)
+    assert caplog.text.count("is unreachable") == 1 and "tracking server) is back after" in caplog.text
+    monkeypatch.setattr(trials, "OUTAGE_SECONDS", 0.0)
     calls.clear()
     with pytest.raises(L2labError, match="unreachable for 0 s .*l2lab report --sweep sw7"):
         follow(storage, study, 1, lambda trial: Progress(0, 1, None))

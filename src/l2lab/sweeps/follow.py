@@ -7,16 +7,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from l2lab.errors import L2labError, causes, first_line
 from l2lab.sweeps import trials
 from l2lab.sweeps.grid import POLL_SECONDS
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 30.0  # a progress line at least this often while points run
-OUTAGE_SECONDS = 600.0  # how long a sweep waits for its storage (or tracking server) to come back, then gives up
-OUTAGE_WAIT = 5.0  # seconds between tries while it is unreachable
-OUTAGES = ("OperationalError", "StorageInternalError", "ConnectionError", "MaxRetryError", "InterfaceError")
 
 
 @dataclass(frozen=True)
@@ -63,37 +59,15 @@ def follow(storage: Any, study: Any, total: int, progress: Callable[[Any], Progr
     workers are kept going, l2lab.sweeps.run). A progress line whenever the counts change and
     at least every PROGRESS_SECONDS while points run, with each running point's epoch
     (progress(trial)). seen: the points an earlier call followed to their end (a refit's follows its
-    folds'). A storage or tracking server that cannot be reached (restarted, a network fault) is tried
-    again every OUTAGE_WAIT seconds, said once, for up to OUTAGE_SECONDS: the workers ride it out too.
+    folds'). A storage or tracking server that cannot be reached (restarted, a network fault) is ridden
+    out (trials.ride_out), as the workers do.
     """
-    state, down_since = _Followed(dict(seen or {}), time.monotonic()), None
-    while True:
-        try:
-            done = _read(storage, study, total, progress, keep, state)
-        except Exception as exc:  # an outage is waited out; anything else is raised
-            if not outage(exc):
-                raise
-            if down_since is None:
-                down_since = time.monotonic()
-                log.warning("the sweep's storage or tracking server is unreachable (%s): trying again every %.0f s, "
-                            "for up to %.0f s", first_line(exc, 160), OUTAGE_WAIT, OUTAGE_SECONDS)
-            elif time.monotonic() - down_since > OUTAGE_SECONDS:
-                raise L2labError(f"the sweep's storage or tracking server has been unreachable for "
-                                 f"{OUTAGE_SECONDS:.0f} s ({first_line(exc, 160)}); its points run on: `l2lab report "
-                                 f"--sweep {study.study_name}` reports them once it is back") from None
-            time.sleep(OUTAGE_WAIT)
-            continue
-        if down_since is not None:
-            log.info("the sweep's storage is back after %.0f s", time.monotonic() - down_since)
-            down_since = None
-        if done:
-            return state.seen
+    state = _Followed(dict(seen or {}), time.monotonic())
+    hint = f"its points run on: `l2lab report --sweep {study.study_name}` reports them once it is back"
+    while not trials.ride_out(lambda: _read(storage, study, total, progress, keep, state),
+                              "the sweep's storage (or tracking server)", hint):
         time.sleep(POLL_SECONDS)
-
-
-def outage(exc: BaseException) -> bool:
-    """Whether an error says a database or server is unreachable (a restart, a network fault), not a bug."""
-    return any(type(error).__name__ in OUTAGES for error in causes(exc))
+    return state.seen
 
 
 def _read(storage: Any, study: Any, total: int, progress: Callable[[Any], Progress], keep: Callable[[int], None],

@@ -15,9 +15,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from l2lab.errors import L2labError
+from l2lab.errors import L2labError, causes, first_line
 from l2lab.studies import PRUNER_ATTR, TUNE_ATTR, make_sampler
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ STATES = {"COMPLETE": "Success", "PRUNED": "Success", "FAIL": "Failed"}  # how a
 BEAT_SECONDS = 5.0  # a worker records its beat on its trial this often (seconds)
 GRACE_SECONDS = 60.0  # a trial of another machine whose beat is older than this (seconds) lost its worker
 MAX_RETRIES = 3  # a point whose workers keep dying runs this many more times, then counts as failed
+OUTAGE_SECONDS = 600.0  # how long a sweep or worker waits for its storage to come back, then gives up
+OUTAGE_WAIT = 5.0  # seconds between tries while it is unreachable
+OUTAGES = ("OperationalError", "StorageInternalError", "ConnectionError", "MaxRetryError", "InterfaceError")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -298,3 +302,32 @@ class Beat:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
+
+
+def outage(exc: BaseException) -> bool:
+    """Whether an error says a database or server is unreachable (a restart, a network fault), not a bug."""
+    return any(type(error).__name__ in OUTAGES for error in causes(exc))
+
+
+def ride_out(call: Callable[[], T], what: str, hint: str = "") -> T:
+    """call(), tried again every OUTAGE_WAIT seconds while what (a storage, a tracking server) cannot be reached,
+    said once, for up to OUTAGE_SECONDS, then one line; any other error is raised at once."""
+    down_since = None
+    while True:
+        try:
+            result = call()
+        except Exception as exc:  # an outage is waited out; anything else is raised
+            if not outage(exc):
+                raise
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("%s is unreachable (%s): trying again every %.0f s, for up to %.0f s", what,
+                            first_line(exc, 160), OUTAGE_WAIT, OUTAGE_SECONDS)
+            elif time.monotonic() - down_since > OUTAGE_SECONDS:
+                raise L2labError(f"{what} has been unreachable for {OUTAGE_SECONDS:.0f} s ({first_line(exc, 160)})"
+                                 + (f"; {hint}" if hint else "")) from None
+            time.sleep(OUTAGE_WAIT)
+            continue
+        if down_since is not None:
+            log.info("%s is back after %.0f s", what, time.monotonic() - down_since)
+        return result

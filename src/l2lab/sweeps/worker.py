@@ -51,10 +51,9 @@ def work(storage_url: str, sweep_id: str | None, repo: Path, checkout: Path | No
     with contextlib.ExitStack() as held:
         places: dict[str, Path] = {}
         while True:
-            studies = trials.sweeps(storage, sweep_id)
-            task = next(filter(None, (trials.take(storage, study) for study in studies)), None)
+            studies, task = trials.ride_out(lambda: next_task(storage, sweep_id), "the sweeps' storage")
             if task is None:
-                if not trials.more_to_come(studies):
+                if not trials.ride_out(lambda: trials.more_to_come(studies), "the sweeps' storage"):
                     log.info("worker %d: nothing left to run: %d point(s) done here, %d failed", os.getpid(), done,
                              failed)
                     return failed
@@ -71,6 +70,12 @@ def work(storage_url: str, sweep_id: str | None, repo: Path, checkout: Path | No
             ok = run_point(task, checkout or places[name], repo, store, storage_url)
             done += ok
             failed += not ok
+
+
+def next_task(storage: Any, sweep_id: str | None) -> tuple[list[Any], trials.Task | None]:
+    """The sweeps in the storage (the one named sweep_id), and the next point taken from one of them, if any."""
+    studies = trials.sweeps(storage, sweep_id)
+    return studies, next(filter(None, (trials.take(storage, study) for study in studies)), None)
 
 
 @contextlib.contextmanager
@@ -106,7 +111,8 @@ def run_point(task: trials.Task, place: Path, repo: Path, store: Store, storage_
         with trials.Beat(task):
             tags = trial_tags(sweep_id, task.number) if trials.is_tune(task.study) else None
             run_id = prepare_run(store, parent_id, sweep_id, task.point, task.sets, tags)
-            task.storage.set_trial_user_attr(task.trial_id, "mlflow_run_id", run_id)
+            trials.ride_out(lambda: task.storage.set_trial_user_attr(task.trial_id, "mlflow_run_id", run_id),
+                            "the sweep's storage")
             why, stop = land(task, place, store, storage_url, run_id, output)
     except BaseException:  # stopped or broken before the experiment ran
         tell(task, None)
@@ -115,9 +121,9 @@ def run_point(task: trials.Task, place: Path, repo: Path, store: Store, storage_
         end_unlanded(store, run_id, why, killed=stop is not None)
     keep_output(store, run_id, output)
     run = None if why else finished_run(store, run_id)
-    tell(task, run)
+    trials.ride_out(lambda: tell(task, run), "the sweep's storage")
     if run is None and stop is not None and not task.study.user_attrs.get(trials.STOPPED_ATTR):
-        trials.requeue(task)
+        trials.ride_out(lambda: trials.requeue(task), "the sweep's storage")
         log.warning("%s: interrupted; queued again for another worker", task.point)
     elif run is None and stop is not None:
         log.warning("%s: stopped; its run ended KILLED", task.point)
