@@ -305,3 +305,28 @@ def test_a_team_sweep_rides_out_its_database_stopping(tmp_path: Path, stack: tea
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert parent.info.status == "FINISHED"
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+
+
+def test_a_cross_validated_team_sweep_runs_its_folds_and_refit_on_the_workers(
+        tmp_path: Path, stack: team_stack.Stack, small_archive: Path, small_archive_sha256: str) -> None:
+    """Fold points and the refit are points like any other: a worker waits while the refit is still to come."""
+    admin, remote = team_project(tmp_path, stack, small_archive, small_archive_sha256, epochs=1)
+    worker_clone = tmp_path / "w1"
+    run(tmp_path, "git", "clone", "-q", str(remote), str(worker_clone))
+    sweep = start(admin, stack, "l2lab", "sweep", "--l2", "0,0.001", "--folds", "2", log=tmp_path / "sweep.log")
+    wait_for(lambda: "4 points for team workers" in (tmp_path / "sweep.log").read_text(), 120, "the folds")
+    worker = start(worker_clone, stack, "l2lab", "worker", log=tmp_path / "w1.log")
+    assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()
+    assert worker.wait(timeout=120) == 0, (tmp_path / "w1.log").read_text()
+    assert "refit_l2=" in (tmp_path / "w1.log").read_text()  # the worker took the refit too
+    client = MlflowClient(stack.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`l2lab.role` = 'sweep'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.params["data.fold"] for r in children) == ["0", "0", "1", "1", "all"]
+    assert {r.info.status for r in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    (refit,) = [r for r in children if r.data.params["data.fold"] == "all"]
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION_ALIAS).tags["source_run_id"] == \
+        refit.info.run_id
+    listed = sh(worker_clone, stack, "dvc", "exp", "list", "--name-only", "origin").stdout.split()
+    assert refit.info.run_name in listed  # pushed to the team's git remote like every point
