@@ -76,7 +76,9 @@ def test_one_finished_mlflow_run_with_params_tags_and_history(trained: Path) -> 
     first = runs[0]
     assert first.info.run_id == json.loads((trained / "models" / "mlflow_run.json").read_text())["run_id"]
     commit = run(trained, "git", "rev-parse", "HEAD").stdout.strip()
-    assert re.fullmatch(rf"repro-{commit[:8]}-\d{{8}}-\d{{6}}", first.info.run_name)  # not MLflow's random name
+    # Not MLflow's random name: the commit (its code and params unchanged), when; "demo": the test archive is
+    # generated data, as the offline demo's.
+    assert re.fullmatch(rf"demo-{commit[:8]}-\d{{8}}-\d{{6}}", first.info.run_name), first.info.run_name
     c = client(trained)
     assert c.get_experiment_by_name(EXPERIMENT).artifact_location == (trained / "mlartifacts").as_uri()
     params = first.data.params

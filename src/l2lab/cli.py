@@ -190,14 +190,14 @@ def worker_command(args: argparse.Namespace) -> int:
 def team_command(args: argparse.Namespace) -> int:
     import importlib.util
 
-    if args.action == "up" and importlib.util.find_spec("boto3") is None:  # the extra leaves it to make install-team
-        raise L2labError("`l2lab team up` needs boto3 (not installed): run make install-team, which installs the boto3 "
-                         "that matches dvc-s3's botocore")
     try:
         from l2lab.team import stack
     except ModuleNotFoundError as exc:  # mirakuru, port-for: the team extras, not in a plain `make install`
         raise L2labError(f"`l2lab team` needs the team extras ({exc.name} is not installed): "
                          "run make install-team") from None
+    if args.action == "up" and importlib.util.find_spec("boto3") is None:  # the extra leaves it to make install-team
+        raise L2labError("`l2lab team up` needs boto3 (not installed): run make install-team, which installs the boto3 "
+                         "that matches dvc-s3's botocore")
 
     if args.action == "down":
         stack.down(args.dir)

@@ -225,10 +225,8 @@ def training_run(store: Store, params: dict[str, Any], data_summary: dict[str, A
     sweep's parent. Runs left RUNNING by a process that is gone are ended KILLED first.
     """
     end_stale_runs(store)
-    name = os.environ.get("DVC_EXP_NAME") or None
-    if name is None and data_summary.get("synthetic"):
-        name = "demo-synthetic-data"
-    name = name or repro_name(Path.cwd())
+    kind = "demo" if data_summary.get("synthetic") else "repro"
+    name = os.environ.get("DVC_EXP_NAME") or repro_name(Path.cwd(), kind)
     run_id = take_reservation(store, name) if name else None
     if run_id is None:
         created = store.write(lambda: store.client.create_run(store.experiment_id, run_name=name, tags=owner_tags()))
@@ -241,15 +239,16 @@ def training_run(store: Store, params: dict[str, Any], data_summary: dict[str, A
         yield run
 
 
-def repro_name(cwd: Path) -> str | None:
-    """`repro-<commit>[-dirty]-<date>-<time>` for a run of `dvc repro` in a workspace: its commit, and whether the
-    code or params there differ from it (dvc.lock and the outputs do not count: the run itself changes them)."""
+def repro_name(cwd: Path, kind: str = "repro") -> str | None:
+    """`repro-<commit>[-dirty]-<date>-<time>` for a run of `dvc repro` in a workspace (kind demo: on the offline
+    demo's generated data): its commit, and whether the code or params there differ from it (dvc.lock and the
+    outputs do not count: the run itself changes them)."""
     commit = git_commit(cwd)
     if commit is None:
-        return None
+        return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}" if kind == "demo" else None
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "params.yaml",
                               "dvc.yaml"], cwd=cwd, capture_output=True, text=True).stdout.strip()
-    return f"repro-{commit[:8]}{'-dirty' if changed else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{kind}-{commit[:8]}{'-dirty' if changed else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def take_reservation(store: Store, exp_name: str) -> str | None:
