@@ -77,6 +77,7 @@ def test_diverging_run_fails_clearly(bare: Path) -> None:
     assert not (project / "models" / "model.keras").exists()
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_a_run_that_collapses_to_chance_is_tagged_collapsed(project: Path) -> None:
     """A penalty that swamps the data (train.l2 = 1: the weights shrink to nothing) ends at chance without a NaN:
     FINISHED, and no result. The evaluate stage says so and tags the run; a sweep's report leaves it out."""
@@ -198,6 +199,7 @@ def test_ctrl_c_during_dvc_repro_then_the_next_repro_starts_clean(bare: Path) ->
     assert (project / "models" / "model.keras").exists()
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 def test_kill_9_leaves_no_run_running_for_long(prepared: Path) -> None:
     """SIGKILL cannot be caught: the run stays RUNNING until l2lab notices its process is gone."""
     from l2lab.tracking.owners import end_stale_runs

@@ -254,6 +254,7 @@ def test_ctrl_c_of_a_sweep_stops_what_it_started(project: Path) -> None:
     assert run(project, "dvc", "exp", "list", "--name-only").stdout.strip() == ""  # no experiment saved
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 @pytest.mark.fault
 def test_a_killed_worker_s_point_is_run_again_and_the_sweep_ends(project: Path) -> None:
     """kill -9 of the worker that runs a point (its training reparented, DVC's queue hung the sweep): its guard
@@ -310,6 +311,7 @@ def test_a_point_equal_to_the_committed_lock_trains_as_its_own_run(project: Path
     assert "DVC found it equal to the lock" in swept.stderr and "2/2 done (0 failed)" in swept.stderr
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 @pytest.mark.fault
 def test_points_run_the_workspace_as_the_sweep_found_it_whatever_is_edited_meanwhile(project: Path) -> None:
     """An uncommitted change and an untracked file at the start reach every point (as DVC's queue would stash
@@ -352,6 +354,7 @@ def test_a_temporary_experiment_restores_preprocess_instead_of_running_it(bare: 
     assert "Running stage 'preprocess'" not in log and "Running stage 'train'" in log
 
 
+@pytest.mark.slow  # make test-slow, which CI runs after make test (make test stays under 8 minutes)
 @pytest.mark.fault
 def test_points_that_fail_after_training_are_failed_runs_and_no_champion(project: Path) -> None:
     # A model file committed to git: DVC trains each point, then refuses to take the output over
