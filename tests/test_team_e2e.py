@@ -290,7 +290,8 @@ def test_a_team_sweep_rides_out_its_database_stopping(tmp_path: Path, stack: tea
     worker = start(worker_clone, stack, "l2lab", "worker", log=tmp_path / "w1.log")
     client = MlflowClient(stack.tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    wait_for(lambda: client.search_runs([experiment], "attributes.status = 'RUNNING'"), 300, "a point to train")
+    wait_for(lambda: client.search_runs([experiment], "attributes.status = 'RUNNING' and tags.`l2lab.role` = 'point'"),
+             300, "a point to train")
     db = str(Path(stack.pg_data) / "db")
     subprocess.run(team_stack._as_postgres([team_stack._pg_bin("pg_ctl"), "-D", db, "-m", "fast", "-w", "stop"]),
                    check=True, capture_output=True)

@@ -319,12 +319,14 @@ def ride_out(call: Callable[[], T], what: str, hint: str = "") -> T:
         except Exception as exc:  # an outage is waited out; anything else is raised
             if not outage(exc):
                 raise
+            # The deepest of the chain's outage errors: the database driver's own words, not a wrapper's.
+            why = first_line([e for e in causes(exc) if type(e).__name__ in OUTAGES][-1], 160)
             if down_since is None:
                 down_since = time.monotonic()
-                log.warning("%s is unreachable (%s): trying again every %.0f s, for up to %.0f s", what,
-                            first_line(exc, 160), OUTAGE_WAIT, OUTAGE_SECONDS)
+                log.warning("%s is unreachable (%s): trying again every %.0f s, for up to %.0f s", what, why,
+                            OUTAGE_WAIT, OUTAGE_SECONDS)
             elif time.monotonic() - down_since > OUTAGE_SECONDS:
-                raise L2labError(f"{what} has been unreachable for {OUTAGE_SECONDS:.0f} s ({first_line(exc, 160)})"
+                raise L2labError(f"{what} has been unreachable for {OUTAGE_SECONDS:.0f} s ({why})"
                                  + (f"; {hint}" if hint else "")) from None
             time.sleep(OUTAGE_WAIT)
             continue
