@@ -79,7 +79,8 @@ def test_a_tune_runs_every_trial_as_an_experiment_and_a_run_and_prunes(project: 
                  "intermediate_values.png"):
         assert (report / name).stat().st_size > 0, name
     assert not list(report.glob("heatmap_*.png")) and not (report / "accuracy_vs_lambda.png").exists()
-    champion_run = re.search(r"MLflow run ([0-9a-f]{32})", (report / "table.md").read_text().splitlines()[-3]).group(1)
+    line = next(line for line in (report / "table.md").read_text().splitlines() if line.startswith("Champion"))
+    champion_run = re.search(r"MLflow run ([0-9a-f]{32})", line).group(1)
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert champion_run == best.user_attrs["mlflow_run_id"]  # the champion is the best unpruned trial
     table = (report / "table.csv").read_text().splitlines()
