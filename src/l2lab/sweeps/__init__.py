@@ -1,2 +1,2 @@
-"""Sweeps: a grid of points, each a DVC experiment and an MLflow run; run by DVC's queue here
-(team/ runs them across machines), followed to the end, and reported."""
+"""Sweeps: a grid of points (or a tune's draws), each a DVC experiment and an MLflow run, run by workers that take
+them from an Optuna study (on this machine, or a team's), followed to their end, and reported."""

@@ -1,1 +1,1 @@
-"""Team mode: a shared tracking server, a DVC remote, and sweeps spread over machines through Optuna."""
+"""Team mode's own parts: a local stack of shared engines, and a clone's checks (the sweeps run as everywhere)."""
