@@ -307,6 +307,31 @@ def test_lambda_plots_draw_one_labelled_line_per_learning_rate() -> None:
                       "learning_rate=0.1"]
 
 
+def test_learning_curves_of_a_values_seeds_share_its_colour_and_no_two_lines_look_alike() -> None:
+    """Round 3's 4 lambdas x 3 seeds drew 12 lines in a 10-colour cycle: lambda 0's seed 1 and 1e-2's seed 2
+    came out the same blue."""
+    from matplotlib.colors import to_rgba
+
+    from l2lab.sweeps.figures import sweep_figures
+    from l2lab.sweeps.report import summary_table
+
+    rows = [{"train.l2": l2, "status": "FINISHED", "val_accuracy": 0.5, "test_accuracy": 0.5, "train_accuracy": 0.6,
+             "generalization_gap": 0.1, "weight_norm_total": 10.0, "val_loss": 1.0} for l2 in (0.0, 1e-4, 1e-3, 1e-2)]
+    summary = summary_table(pd.DataFrame(rows), ["train.l2"])
+    for lambdas, seeds in (((0.0, 1e-4, 1e-3, 1e-2), (1, 2, 3)), (tuple(i * 1e-4 for i in range(11)), (1,))):
+        labels = {f"l2={l2:g}, seed {s}": l2 for l2 in lambdas for s in seeds}
+        curves = {label: [0.3, 0.4] for label in labels}
+        ax = sweep_figures(summary, "train.l2", curves, values=labels)["val_accuracy_curves.png"].axes[0]
+        looks = [(to_rgba(line.get_color()), line.get_linestyle()) for line in ax.get_lines()]
+        assert len(looks) == len(labels) and len(set(looks)) == len(looks), looks
+        colour_of = {}
+        for (colour, _), l2 in zip(looks, labels.values()):
+            colour_of.setdefault(l2, set()).add(colour)
+        assert all(len(c) == 1 for c in colour_of.values())  # a value's seeds: one colour
+        assert len({next(iter(c)) for c in colour_of.values()}) == len(lambdas)  # values: different colours
+        assert len(ax.get_legend().get_texts()) == len(labels)
+
+
 @pytest.mark.parametrize("l2", [0.005, 0.0, 3e-4])
 def test_a_one_point_sweeps_plots_label_its_value(l2: float) -> None:
     """symlog's own ticks are decades: a lone 0.005 fell between them and the axis had no label at all."""

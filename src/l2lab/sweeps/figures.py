@@ -16,11 +16,18 @@ LEGEND_MAX = 12  # lines a legend names; past this, a colour scale by value (a l
 
 
 def line_colors(fig, ax, values: list, axis: str) -> list:
-    """One colour per line, in order: matplotlib's cycle for a few lines; past LEGEND_MAX, a colour scale over
-    the lines' values (log-like, 0 shown), named by a colour bar."""
+    """One colour per line, in order. Up to LEGEND_MAX lines, named by a legend: one colour per value where
+    values repeat (a value's seeds or folds, told apart by line_styles), else a distinct colour per line (the
+    default cycle repeats after 10). Past LEGEND_MAX, a colour scale over the values (log-like, 0 shown), named
+    by a colour bar."""
     import matplotlib as mpl
 
     if len(values) <= LEGEND_MAX:
+        distinct = list(dict.fromkeys(values))
+        if None not in distinct and len(distinct) < len(values) and len(distinct) <= 10:
+            return [f"C{distinct.index(v)}" for v in values]
+        if len(values) > 10:
+            return [mpl.colormaps["tab20"](i) for i in range(len(values))]
         return [None] * len(values)
     numbers = [float(v) for v in values if isinstance(v, (int, float))]
     if len(numbers) != len(values) or len(set(numbers)) < 2:  # names, or one value: colour by position
@@ -32,6 +39,17 @@ def line_colors(fig, ax, values: list, axis: str) -> list:
     cmap = mpl.colormaps["viridis"]
     fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=AXIS_LABELS.get(axis, axis))
     return [cmap(norm(v)) for v in numbers]
+
+
+def line_styles(values: list) -> list[str]:
+    """Each line's style: its place among the lines of the same value (a value's first seed solid, its second
+    dashed, ...), so lines that share a value's colour stay apart."""
+    seen: dict = {}
+    styles = []
+    for v in values:
+        styles.append(("-", "--", ":", "-.")[seen.get(v, 0) % 4])
+        seen[v] = seen.get(v, 0) + 1
+    return styles
 
 
 def _lambda_axis(ax, values) -> None:
@@ -80,13 +98,14 @@ def sweep_figures(summary, axis: str, curves: dict[str, list[float]], series: st
         fig.tight_layout()
         figures[name] = fig
     fig, ax = plt.subplots(figsize=(6, 4))
-    colors = line_colors(fig, ax, [(values or {}).get(label) for label in curves], axis)
-    for (label, curve), color in zip(curves.items(), colors):  # in the table's order: by swept value
-        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label, color=color)
+    of = [(values or {}).get(label) for label in curves]
+    for (label, curve), color, style in zip(curves.items(), line_colors(fig, ax, of, axis), line_styles(of)):
+        # in the table's order: by swept value
+        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=label, color=color, linestyle=style)
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_accuracy")
     ax.grid(True, alpha=0.3)
-    if len(curves) <= LEGEND_MAX:
+    if 0 < len(curves) <= LEGEND_MAX:
         ax.legend(fontsize=7)
     fig.tight_layout()
     figures["val_accuracy_curves.png"] = fig
