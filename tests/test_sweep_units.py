@@ -208,6 +208,10 @@ def test_versus_report_groups_by_penalty_and_matched_strength(tmp_path: Path) ->
         "penalty = AdamW, l2_equivalent = 0.001 is ahead of the runner-up penalty = none, l2_equivalent = 0: "
         "mean val_accuracy 0.6500 vs 0.6100")
     write_files(tmp_path, table, keys, {r: [0.5, 0.6] for r in table["experiment"]}, champion, None)
+
+    for r in (sgd := [run("n", 0.0, 0.6, 0.5), run("c", 1e-3, 0.6, 0.5), adamw("d", 2e-3, 0.6, 1)]):
+        r["params"]["train.optimizer"] = "sgd"  # --versus-adamw -S train.optimizer=sgd: not Adam's names
+    assert sorted(versus_columns(sweep_table(sgd))["penalty"]) == ["L2 (SGD)", "SGDW", "none"]
     assert ("Champion (best validation accuracy): penalty = AdamW, l2_equivalent = 0.001"
             in (tmp_path / "table.md").read_text())
     assert (tmp_path / "accuracy_vs_lambda.png").stat().st_size > 10_000

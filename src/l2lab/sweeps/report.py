@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 AXES = tuple(GRID_AXES.values())  # the params.yaml keys a sweep may vary; SEED is one of repeats, not of the plots
 PENALTY, STRENGTH = "penalty", "l2_equivalent"  # the keys of a --versus-adamw report
+OPTIMIZER = "train.optimizer"
 COLUMNS = {  # report column -> MLflow metric
     "val_accuracy": "val_accuracy",
     "test_accuracy": "test_accuracy",
@@ -61,6 +62,7 @@ def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.Data
     for run in runs:
         row: dict[str, Any] = {key: (run["params"][key] if key == FOLD else axis_value(run["params"][key]))
                                for key in keys if key in run["params"]}  # a fold is 0..K-1 or "all": text
+        row.setdefault(OPTIMIZER, run["params"].get(OPTIMIZER, "adam"))  # names a --versus-adamw report's penalties
         row["epochs"] = int(run["params"].get("train.epochs", 0))
         row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
         row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"],
@@ -92,11 +94,15 @@ def point_keys(recorded: dict[str, list[Any]]) -> list[str]:
 
 
 def versus_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """A --versus-adamw sweep's table with penalty ("L2 (Adam)", "AdamW" or "none") and l2_equivalent:
-    train.l2, or the L2 lambda whose SGD update AdamW's weight_decay matches (weight_decay / 2)."""
+    """A --versus-adamw sweep's table with penalty ("none", "L2 (Adam)" and "AdamW", or under SGD "L2 (SGD)" and
+    "SGDW") and l2_equivalent: train.l2, or the L2 lambda whose SGD update the decoupled weight_decay matches
+    (weight_decay / 2)."""
     l2, decay = table["train.l2"], table["train.weight_decay"]
-    penalty = np.where(decay > 0, "AdamW", np.where(l2 > 0, "L2 (Adam)", "none"))
-    ordered = pd.Categorical(penalty, categories=["none", "L2 (Adam)", "AdamW"], ordered=True)  # table order
+    sgd = table.get(OPTIMIZER, pd.Series("adam", index=table.index)) == "sgd"
+    penalty = np.where(decay > 0, np.where(sgd, "SGDW", "AdamW"),
+                       np.where(l2 > 0, np.where(sgd, "L2 (SGD)", "L2 (Adam)"), "none"))
+    order = [name for name in ("none", "L2 (Adam)", "AdamW", "L2 (SGD)", "SGDW") if name in set(penalty)]
+    ordered = pd.Categorical(penalty, categories=order, ordered=True)  # table order
     return table.assign(**{PENALTY: ordered, STRENGTH: l2 + decay / MATCHED_DECAY})
 
 
