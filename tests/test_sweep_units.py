@@ -371,3 +371,23 @@ def test_a_run_at_chance_is_collapsed_and_in_no_pick() -> None:
     cv = summary(folds, ["train.l2"], 1)
     assert 1e-3 not in set(cv.loc[cv["complete"], "train.l2"])  # its one fold collapsed: no mean to pick
     assert picks(summary(folds, ["train.l2"], 1), "train.l2").best["train.l2"] == 0.0
+
+
+def test_a_learning_rate_whose_runs_all_collapsed_has_no_best_lambda(tmp_path: Path) -> None:
+    """Round 2's SGD rows at rates 0.1 and 0.3 were at chance in every cell; the best-per-row table still named a
+    lambda for them."""
+    from l2lab.sweeps.report import write_files
+
+    runs = []
+    for lr in (1e-3, 0.3):
+        for l2 in (0.0, 1e-3):
+            r = run(f"lr={lr}_l2={l2}", l2, val=0.1 if lr == 0.3 else 0.5 + l2, test=0.5)
+            r["params"]["train.learning_rate"] = str(lr)
+            r["tags"] = {"l2lab.collapsed": "true"} if lr == 0.3 else {}
+            runs.append(r)
+    keys = ["train.learning_rate", "train.l2"]
+    table = sweep_table(runs, keys)
+    best, grid2 = write_files(tmp_path, table, keys, {}, choose_champion(table, keys), None)
+    assert grid2 == ("train.l2", "train.learning_rate")
+    assert best["train.learning_rate"].tolist() == [1e-3] and best["best train.l2"].tolist() == [1e-3]
+    assert "2 run(s) collapsed" in (tmp_path / "table.md").read_text()

@@ -308,7 +308,8 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     cv_text = cv_section(cv, keys, chosen) if cv is not None else ""
     gone = collapsed_line(every)
     grid2 = two_axes(summary, keys) if lines else None
-    best = best_per_row(summary, keys, *grid2) if grid2 else None
+    kept = table[~table["collapsed"].astype(bool)] if "collapsed" in table else table  # at chance: no one's best
+    best = best_per_row(summary_table(kept, keys), keys, *grid2) if grid2 else None
     best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
     outputs = (folder / "table.csv", folder / "summary.csv", folder / "table.md")
     with atomic_outputs(*outputs) as (csv_tmp, sum_tmp, md_tmp):
