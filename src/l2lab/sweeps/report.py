@@ -62,7 +62,8 @@ def sweep_table(runs: list[dict[str, Any]], axes: Sequence[str] = ()) -> pd.Data
     for run in runs:
         row: dict[str, Any] = {key: (run["params"][key] if key == FOLD else axis_value(run["params"][key]))
                                for key in keys if key in run["params"]}  # a fold is 0..K-1 or "all": text
-        row.setdefault(OPTIMIZER, run["params"].get(OPTIMIZER, "adam"))  # names a --versus-adamw report's penalties
+        if OPTIMIZER in run["params"]:  # names a --versus-adamw report's penalties
+            row.setdefault(OPTIMIZER, run["params"][OPTIMIZER])
         row["epochs"] = int(run["params"].get("train.epochs", 0))
         row.update({col: run["metrics"].get(metric) for col, metric in COLUMNS.items()})
         row.update(experiment=run["name"], status=run["status"], mlflow_run_id=run["run_id"],
