@@ -38,6 +38,17 @@ def wait_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
     raise AssertionError(f"{url} did not answer")
 
 
+def stop(server: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM a server the test started and wait for it; SIGKILL it past grace seconds (mlflow's server took over
+    30 s to exit once, with a study training beside the suite on 2 cores)."""
+    server.terminate()
+    try:
+        server.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=30)
+
+
 def free_port() -> int:
     """A loopback port nobody listens on (right now)."""
     with socket.socket() as s:

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL
 from l2lab.tracking.store import EXPERIMENT
-from loopback import free_port, wait_http
+from loopback import free_port, stop, wait_http
 from project import ctrl_c_once_a_point_trains, env, run, wait_until_a_point_trains, workers_of
 
 pytestmark = pytest.mark.e2e
@@ -182,8 +182,7 @@ def test_sweep_report_champion_reproduction_and_ui(bare: Path) -> None:
         assert len(found) == 4
         assert {r["info"]["run_name"] for r in found} == {r.info.run_name for r in children}
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 @pytest.mark.slow  # minutes: `make test-slow`, which CI runs after `make test`

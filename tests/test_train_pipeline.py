@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from l2lab.deps import code_digest
 from l2lab.tracking.store import EXPERIMENT
-from loopback import free_port, wait_http
+from loopback import free_port, stop, wait_http
 from project import copy_project, env, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -156,8 +156,7 @@ def test_served_model_answers_labels_and_refuses_float_pixels(trained: Path) -> 
         wrong_shape = post(f"{base}/invocations", {"inputs": x[:, :16].tolist()})
         assert wrong_shape.status == 400 and "got shape (3, 16, 32, 3)" in wrong_shape.body
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
 
 @pytest.mark.fault
