@@ -391,7 +391,10 @@ def test_a_grid_over_any_keys_draws_heatmaps_and_its_sgd_cosine_flip_crop_points
                  "best_per_row.csv", "accuracy_vs_lambda.png"):
         assert (folder / name).stat().st_size > 0, name
     best = (folder / "best_per_row.csv").read_text().splitlines()
-    assert best[0].startswith("train.optimizer,train.learning_rate,best train.l2,") and len(best) == 1 + 4
+    # A row whose runs all collapsed to chance (likely on these few images and one epoch) has no best lambda.
+    alive = {(r.data.params["train.optimizer"], r.data.params["train.learning_rate"]) for r in children
+             if r.data.tags.get("l2lab.collapsed") != "true"}
+    assert best[0].startswith("train.optimizer,train.learning_rate,best train.l2,") and len(best) == 1 + len(alive)
     logged = {a.path for a in client(project).list_artifacts(parent.info.run_id, "report")}
     assert "report/heatmap_learning_rate_l2_optimizer=sgd.png" in logged
 

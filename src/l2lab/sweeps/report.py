@@ -480,7 +480,8 @@ def best_per_row(summary: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.D
         top = best_cell(cells, x)
         rows.append({**{k: top[k] for k in (*rest, y)}, f"best {x}": top[x], "runs": top["n"],
                      "val_accuracy_mean": top["val_accuracy_mean"], "test_accuracy_mean": top["test_accuracy_mean"]})
-    return pd.DataFrame(rows)
+    # Its columns even with no row (every run collapsed): the CSV keeps its header.
+    return pd.DataFrame(rows, columns=[*rest, y, f"best {x}", "runs", "val_accuracy_mean", "test_accuracy_mean"])
 
 
 def champion_line(champion: pd.Series | None, keys: list[str], version: str | None, refit: str | None = None) -> str:
