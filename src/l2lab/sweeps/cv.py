@@ -25,13 +25,18 @@ class Picks:
         return self.best if rule == "min" else self.one_se
 
 
+def at_chance(table: pd.DataFrame) -> pd.Series:
+    """Which of a sweep table's runs collapsed to chance (its "collapsed" column, from the tag); none where the
+    table has no such column. Such a run is in no pick: a training that failed, whatever its status says."""
+    return table["collapsed"].astype(bool) if "collapsed" in table else pd.Series(False, index=table.index)
+
+
 def summary(table: pd.DataFrame, keys: list[str], folds: int) -> pd.DataFrame:
     """One row per point (its values of keys): folds finished, mean and standard error over folds of
     val_accuracy and val_loss (a fold's several seeds averaged first). Points with a fold missing (failed, or
     collapsed to chance) are kept, with complete False: no pick considers them."""
     done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna()]
-    if "collapsed" in done:  # at chance: the fold counts as missing
-        done = done[~done["collapsed"].astype(bool)]
+    done = done[~at_chance(done)]  # a collapsed fold counts as missing
     per_fold = done.groupby([*keys, FOLD], observed=True)[["val_accuracy", "val_loss"]].mean().reset_index()
     grouped = per_fold.groupby(keys, observed=True)
     out = grouped[["val_accuracy", "val_loss"]].mean().add_suffix("_mean")

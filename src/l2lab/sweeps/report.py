@@ -15,7 +15,7 @@ from l2lab.files import atomic_outputs
 from l2lab.studies import PRUNED_TAG, TRIAL_TAG
 from l2lab.sweeps.figures import (best_cell, cv_figure, heatmap_figure, save_figure, series_groups, sweep_figures,
                                   weight_distribution_figure)
-from l2lab.sweeps.cv import FOLD, Picks, picks, summary as cv_summary
+from l2lab.sweeps.cv import FOLD, Picks, at_chance, picks, summary as cv_summary
 from l2lab.sweeps.grid import AXES as GRID_AXES, MATCHED_DECAY, SEED, Sweep, slug
 from l2lab.tracking.owners import end_stale_runs
 from l2lab.tracking.registry import CHAMPION_ALIAS, REGISTERED_MODEL, log_report, register_champion
@@ -131,8 +131,7 @@ def choose_champion(table: pd.DataFrame, by: str | Sequence[str]) -> pd.Series |
     # Evaluated runs only: one whose experiment failed after training has no test metrics (older sweeps
     # left such runs FINISHED).
     done = table[(table["status"] == "FINISHED") & table["val_accuracy"].notna() & table["test_accuracy"].notna()]
-    if "collapsed" in done:  # at chance: a training that failed, whatever its status says
-        done = done[~done["collapsed"].astype(bool)]
+    done = done[~at_chance(done)]
     if PRUNED in done:  # a pruned trial's accuracy is that of a shortened training: never the champion
         done = done[done[PRUNED].isna()]
     if done.empty:
@@ -252,7 +251,7 @@ def make_report(sweep: Sweep, out_root: Path) -> Report:
 
 def collapsed_line(table: pd.DataFrame) -> str:
     """How many runs collapsed to chance (tag l2lab.collapsed), and that they are in no pick; "" when none."""
-    gone = table[table["collapsed"].astype(bool)] if "collapsed" in table else table.iloc[:0]
+    gone = table[at_chance(table)]
     if gone.empty:
         return ""
     return (f"{len(gone)} run(s) collapsed: validation accuracy at chance (tag {COLLAPSED_TAG}), left out of the "
@@ -309,8 +308,7 @@ def write_files(folder: Path, table: pd.DataFrame, keys: list[str], curves: dict
     cv_text = cv_section(cv, keys, chosen) if cv is not None else ""
     gone = collapsed_line(every)
     grid2 = two_axes(summary, keys) if lines else None
-    kept = table[~table["collapsed"].astype(bool)] if "collapsed" in table else table  # at chance: no one's best
-    best = best_per_row(summary_table(kept, keys), keys, *grid2) if grid2 else None
+    best = best_per_row(summary_table(table[~at_chance(table)], keys), keys, *grid2) if grid2 else None
     best_text = best_title(*grid2) + "\n\n" + markdown(best) + "\n" if grid2 else ""
     outputs = (folder / "table.csv", folder / "summary.csv", folder / "table.md")
     with atomic_outputs(*outputs) as (csv_tmp, sum_tmp, md_tmp):
