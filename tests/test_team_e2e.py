@@ -241,6 +241,36 @@ def test_two_first_sweeps_on_a_fresh_storage_both_start(stack: team_stack.Stack)
         con.close()
 
 
+SAME_DATASET_AT = """
+import sys, time
+from l2lab.tracking.runs import Run
+from l2lab.tracking.store import connect
+store = connect()
+run = Run(store, store.client.create_run(store.experiment_id).info.run_id)
+summary = {"dataset": "cifar-10", "train": {"total": 250}, "val": {"total": 50}, "test": {"total": 100}}
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+run.log_splits({split: sys.argv[2] + split for split in ("train", "val", "test")}, summary)
+print("ok")
+"""
+
+
+@pytest.mark.fault
+def test_two_points_logging_the_same_new_dataset_at_once_both_land(tmp_path: Path, stack: team_stack.Stack) -> None:
+    """Two workers' first points logged their (same) splits to the server at the same instant: MLflow looks the
+    dataset up, then inserts it, and one of them failed on PostgreSQL's UniqueViolation (dataset_pk)."""
+    for attempt in range(3):
+        at = time.time() + 8.0  # both past their imports by then
+        both = [subprocess.Popen([sys.executable, "-c", SAME_DATASET_AT, str(at), f"digest{attempt}"], cwd=tmp_path,
+                                 env=team_env(stack), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+        for proc in both:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0 and out.strip() == "ok", err[-2000:]
+    client = MlflowClient(stack.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert len(runs) == 6 and all(len(r.inputs.dataset_inputs) == 3 for r in runs)
+
+
 @pytest.mark.fault
 def test_team_up_starts_again_each_stopped_service_on_its_data(stack: team_stack.Stack) -> None:
     """After SIGTERM to the team's `mlflow server` nothing restarted it, `team up` refused (set up already) and

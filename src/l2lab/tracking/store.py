@@ -28,6 +28,9 @@ LOCK_NAME = ".mlflow.db.lock"
 # MLflow 3's UI opens an experiment by its kind: on its training runs, not the GenAI overview.
 KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 BUSY = ("database is locked", "database table is locked")  # SQLite: another writer holds the file
+# Two writers inserted the same row at once (MLflow looks a row up, then inserts it: two workers' first
+# points log the same dataset to the experiment at the same instant); the retry finds the row and updates it.
+COLLIDED = ("duplicate key value violates unique constraint", "UNIQUE constraint failed")
 BUSY_WAIT_SECONDS = 120.0  # how long a stage waits for a database another process holds locked
 
 
@@ -234,24 +237,27 @@ def bind_fluent(store: Store) -> None:
 
 
 def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, where: str = "") -> T:
-    """Run an MLflow call, retrying with backoff while the store is busy (SQLite "database is locked").
+    """Run an MLflow call, retrying with backoff while the store is busy (SQLite "database is locked") or
+    when another writer inserted the same row at once (COLLIDED; every write l2lab makes is one the retry
+    may repeat: a tag, a param of the same value, a dataset input).
 
-    Only a busy database is transient: any other error (a missing table, a bad
-    argument, a broken file) is raised at once.
+    Nothing else is transient: any other error (a missing table, a bad argument, a broken file) is
+    raised at once.
     """
     for attempt in range(attempts):
         try:
             with stops_deferred():  # a stop lands between two writes, never inside one
                 return call()
         except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
-            if not busy(exc):
+            if not busy(exc) and not collided(exc):
                 raise
             first = first_line(exc) or type(exc).__name__
             if attempt == attempts - 1:
                 raise MlflowBusyError(f"MLflow store {where or mlflow.get_tracking_uri()} still busy after "
                                       f"{attempts} tries: {first}") from None
             wait = first_wait * 2**attempt
-            log.warning("MLflow store busy (%s); retrying in %.1f s", first[:120], wait)
+            why = "busy" if busy(exc) else "written by another process at once"
+            log.warning("MLflow store %s (%s); retrying in %.1f s", why, first[:120], wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -259,6 +265,11 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, 
 def busy(exc: BaseException) -> bool:
     """Whether an error means the database is locked by another writer (and worth a retry)."""
     return any(text in str(error) for error in causes(exc) for text in BUSY)  # MLflow may wrap SQLAlchemy's error
+
+
+def collided(exc: BaseException) -> bool:
+    """Whether an error means another writer inserted the same row at once (worth a retry)."""
+    return any(text in str(error) for error in causes(exc) for text in COLLIDED)
 
 
 def search_runs(store: Store, filter_string: str, **kwargs: Any) -> list:
