@@ -22,6 +22,7 @@ from l2lab.errors import L2labError
 from l2lab.model import build_model, compile_model
 from l2lab.norms import ABS_EDGES, abs_histogram, abs_quantiles, kernels, weight_norms
 from l2lab.params import TrainParams
+from l2lab.process import raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class EpochReport(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        raise_if_stopped()  # Ctrl-C or a guard's SIGINT that TensorFlow's tracing swallowed: stop here
         logs = logs if logs is not None else {}
         logs.update(weight_terms(self.model))
         logs["epoch_seconds"] = time.perf_counter() - self.started

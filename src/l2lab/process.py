@@ -83,6 +83,10 @@ def run_stage(body: Callable[[], int | None]) -> None:
             log.error("error: %s", exc)
             sys.exit(1)
         raise
+    if stop_requested() is not None:  # a library swallowed the stop and the body carried on: still a stop
+        terminated = stop_requested() == signal.SIGTERM
+        log.error("error: %s", "terminated (SIGTERM)" if terminated else "interrupted")
+        sys.exit(143 if terminated else 130)
     sys.exit(status or 0)
 
 
@@ -100,3 +104,11 @@ def stop_requested() -> int | None:
     surfaced as: a library's bare `except:` can swallow the KeyboardInterrupt and fail otherwise
     (Keras's ops.shape() does, while TensorFlow traces the training step)."""
     return _stop[0] if _stop else None
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop a library swallowed (its `except:` ate the KeyboardInterrupt and went on as if none
+    came): a point whose worker is gone must not train on and end FINISHED."""
+    signum = stop_requested()
+    if signum is not None:
+        raise _stop_exception(signum)

@@ -20,7 +20,7 @@ from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 
 from l2lab.deps import code_digest
 from l2lab.errors import L2labError, causes
-from l2lab.process import stop_requested
+from l2lab.process import raise_if_stopped, stop_requested
 from l2lab.tracking.owners import end_stale_runs, owner_tags
 from l2lab.tracking.store import Store, bind_fluent, search_runs
 
@@ -206,6 +206,7 @@ def ending(store: Store, run_id: str, failed: Callable[[], bool] = lambda: False
 
     try:
         yield
+        raise_if_stopped()  # a stop the block's libraries swallowed ends the run KILLED all the same
     except BaseException as exc:
         stopped = isinstance(exc, KeyboardInterrupt) or stop_requested() is not None  # whatever it surfaced as
         end(RunStatus.KILLED if stopped else RunStatus.FAILED)
