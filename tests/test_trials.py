@@ -259,7 +259,8 @@ def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -
     worker = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time; "
         f"g = subprocess.Popen([sys.executable, '-m', 'l2lab.sweeps.guard', sys.executable, '-c', {guarded!r}, "
-        f"{str(marker)!r}], stdin=subprocess.PIPE); print(g.pid, flush=True); time.sleep(120)")],
+        f"{str(marker)!r}], stdin=subprocess.PIPE, stderr=open({str(tmp_path / 'guard.log')!r}, 'w')); "
+        "print(g.pid, flush=True); time.sleep(120)")],
         stdout=subprocess.PIPE, text=True, start_new_session=True)
     guard_pid = int(worker.stdout.readline())
     deadline = time.monotonic() + 30
@@ -271,6 +272,8 @@ def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert marker.read_text() == "interrupted"  # SIGINT reached the command: a stage ends its run KILLED
+    # The point's log says why its experiment stopped.
+    assert "l2lab guard: its worker is gone; interrupting" in (tmp_path / "guard.log").read_text()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -280,6 +283,34 @@ def test_the_guard_interrupts_its_command_when_the_worker_dies(tmp_path: Path) -
         time.sleep(0.1)
     with pytest.raises(ProcessLookupError):
         os.kill(guard_pid, 0)
+
+
+POINT_LOG = """--- trial 0: exp run --temp -n p -S train.l2=0
+ERROR: failed to reproduce 'train': an earlier try's line
+--- trial 3: exp run --temp -n p -S train.l2=0
+Running stage 'train':
+> PYTHONPATH=src python -m l2lab.stages.train --data-dir data/processed
+{body}ERROR: failed to reproduce 'train': failed to run: PYTHONPATH=src python -m l2lab.stages.train, exited with 1
+"""
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ("2026-12-05 10:13:45,100 ERROR l2lab: error: train.l2 must be >= 0, got -1\n",
+     "2026-12-05 10:13:45,100 ERROR l2lab: error: train.l2 must be >= 0, got -1"),
+    ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+     "mlflow.exceptions.RestException: BAD_REQUEST: duplicate key value\n",
+     "mlflow.exceptions.RestException: BAD_REQUEST: duplicate key value"),
+    ("epoch 1/2: loss 2.3\n", "ERROR: failed to reproduce 'train': failed to run: PYTHONPATH=src python -m "
+                              "l2lab.stages.train, exited with 1"),
+])
+def test_a_failed_points_line_says_why_from_its_own_trials_part_of_the_log(tmp_path: Path, body: str,
+                                                                           said: str) -> None:
+    from l2lab.sweeps.worker import cause
+
+    log = tmp_path / "point.log"
+    log.write_text(POINT_LOG.format(body=body))
+    assert cause(log, 3) == said
+    assert cause(tmp_path / "missing.log", 3) == "it printed nothing"
 
 
 class OperationalError(Exception):

@@ -36,6 +36,11 @@ def interrupt(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
         pass
 
 
+def say(why: str) -> None:
+    """One line in the command's output (the point's log): why it was stopped."""
+    print(f"l2lab guard: {why}; interrupting the experiment (SIGINT to its processes)", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m l2lab.sweeps.guard CMD [ARG...]", file=sys.stderr)
@@ -53,6 +58,7 @@ def main(argv: list[str]) -> int:
     proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
     while proc.poll() is None:
         if stopping:
+            say("stopped")
             interrupt(proc)
             break
         try:
@@ -60,6 +66,7 @@ def main(argv: list[str]) -> int:
         except InterruptedError:
             continue
         if readable and not os.read(sys.stdin.fileno(), 1024):  # EOF: the worker is gone
+            say("its worker is gone")
             interrupt(proc)
             break
     status = proc.wait()

@@ -152,7 +152,7 @@ def land(task: trials.Task, place: Path, store: Store, storage_url: str, run_id:
     if stop is not None:
         return "stopped", stop
     if status != 0:
-        return f"its DVC experiment failed (exit {status}; see {output})", None
+        return f"its DVC experiment failed (exit {status}: {cause(output, task.number)}; see {output})", None
     if never_trained(store, run_id):
         return f"DVC skipped its training again, with training forced (see {output})", None
     if task.study.user_attrs.get(trials.TEAM_ATTR):
@@ -163,6 +163,20 @@ def land(task: trials.Task, place: Path, store: Store, storage_url: str, run_id:
         except L2labError as exc:
             return str(exc), None
     return None, None
+
+
+def cause(output: Path, number: int) -> str:
+    """Why trial number's part of output says it failed: the stage's own `error:` line; else a traceback's
+    last line (before DVC's `ERROR:`); else DVC's line; else the last line. The failure line carries it,
+    so that a worker's log (a team's CI) shows why without the file."""
+    text = output.read_text(errors="replace") if output.exists() else ""
+    lines = [line.strip() for line in text.split(f"--- trial {number}:")[-1].splitlines()[1:] if line.strip()]
+    ours = [line for line in lines if line.startswith("error:") or " error: " in line]
+    dvcs = [i for i, line in enumerate(lines) if line.startswith("ERROR:")]
+    traced = dvcs and any(line.startswith("Traceback") for line in lines[:dvcs[0]])
+    before = [lines[dvcs[0] - 1]] if traced else []
+    found = (ours or before or [lines[i] for i in dvcs] or lines or ["it printed nothing"])[-1]
+    return found if len(found) <= 300 else found[:297] + "..."
 
 
 def stage_env(store: Store, storage_url: str) -> dict[str, str]:
