@@ -74,6 +74,7 @@ def run_stage(body: Callable[[], int | None]) -> None:
         signal.signal(signal.SIGINT, _on_stop_signal)
     try:
         status = body()
+        raise_if_stopped()  # a library swallowed the stop and the body carried on: still a stop
     except (KeyboardInterrupt, Exception) as exc:
         if isinstance(exc, KeyboardInterrupt) or stop_requested() is not None:  # whatever the stop surfaced as
             terminated = isinstance(exc, Terminated) or stop_requested() == signal.SIGTERM
@@ -83,10 +84,6 @@ def run_stage(body: Callable[[], int | None]) -> None:
             log.error("error: %s", exc)
             sys.exit(1)
         raise
-    if stop_requested() is not None:  # a library swallowed the stop and the body carried on: still a stop
-        terminated = stop_requested() == signal.SIGTERM
-        log.error("error: %s", "terminated (SIGTERM)" if terminated else "interrupted")
-        sys.exit(143 if terminated else 130)
     sys.exit(status or 0)
 
 

@@ -249,14 +249,14 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, 
             with stops_deferred():  # a stop lands between two writes, never inside one
                 return call()
         except Exception as exc:  # MLflow wraps SQLAlchemy's errors in its own, or not at all
-            if not busy(exc) and not collided(exc):
+            why = "busy" if busy(exc) else "written by another process at once" if collided(exc) else None
+            if why is None:
                 raise
             first = first_line(exc) or type(exc).__name__
             if attempt == attempts - 1:
                 raise MlflowBusyError(f"MLflow store {where or mlflow.get_tracking_uri()} still busy after "
                                       f"{attempts} tries: {first}") from None
             wait = first_wait * 2**attempt
-            why = "busy" if busy(exc) else "written by another process at once"
             log.warning("MLflow store %s (%s); retrying in %.1f s", why, first[:120], wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
@@ -264,12 +264,17 @@ def retrying(call: Callable[[], T], attempts: int = 6, first_wait: float = 0.5, 
 
 def busy(exc: BaseException) -> bool:
     """Whether an error means the database is locked by another writer (and worth a retry)."""
-    return any(text in str(error) for error in causes(exc) for text in BUSY)  # MLflow may wrap SQLAlchemy's error
+    return says(exc, BUSY)
 
 
 def collided(exc: BaseException) -> bool:
     """Whether an error means another writer inserted the same row at once (worth a retry)."""
-    return any(text in str(error) for error in causes(exc) for text in COLLIDED)
+    return says(exc, COLLIDED)
+
+
+def says(exc: BaseException, texts: tuple[str, ...]) -> bool:
+    """Whether the error, or one it wraps, says one of texts (MLflow may wrap SQLAlchemy's error, or not)."""
+    return any(text in str(error) for error in causes(exc) for text in texts)
 
 
 def search_runs(store: Store, filter_string: str, **kwargs: Any) -> list:
